@@ -1,0 +1,39 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "UDSKit",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "UDSKit", targets: ["UDSKit"]),
+        .executable(name: "uds", targets: ["uds"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        .target(name: "CUDSKit"),
+        .target(
+            name: "UDSKit",
+            dependencies: [
+                "CUDSKit",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .executableTarget(
+            name: "uds",
+            dependencies: [
+                "UDSKit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "UDSKitTests", dependencies: ["UDSKit"]),
+        .testTarget(
+            name: "udsTests",
+            dependencies: ["uds"],
+            exclude: ["Peers"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,38 @@
+import SystemPackage
+
+/// How a socket takes its name in the filesystem.
+///
+/// The defaults are safe for servers: a stale socket file left by a crashed
+/// server is replaced, a live server's socket never is, a file that is not a
+/// socket is never touched, and the socket file is removed again on close.
+public struct BindOptions: Sendable {
+    /// The mode of the socket file, in force from the moment the path exists
+    /// (Linux). `nil` leaves it to the process umask.
+    ///
+    /// On Linux the mode is set on the socket before `bind`, so the path never
+    /// appears with a wider mode than asked for; where the umask would narrow
+    /// it, it is widened right after `bind`. On macOS the mode is applied right
+    /// after `bind`: keep the socket in a directory only its users can enter.
+    public var permissions: FilePermissions?
+
+    /// Replace a socket file nobody listens on (a connect probe is refused).
+    public var replaceStaleSocket: Bool
+
+    /// Remove the socket file on close, if the path still names this socket.
+    public var removeOnClose: Bool
+
+    /// The listen backlog, for listeners; `nil` means the system's maximum, `SOMAXCONN`.
+    public var backlog: Int?
+
+    public init(
+        permissions: FilePermissions? = nil,
+        replaceStaleSocket: Bool = true,
+        removeOnClose: Bool = true,
+        backlog: Int? = nil
+    ) {
+        self.permissions = permissions
+        self.replaceStaleSocket = replaceStaleSocket
+        self.removeOnClose = removeOnClose
+        self.backlog = backlog
+    }
+}

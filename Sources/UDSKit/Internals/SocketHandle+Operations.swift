@@ -1,0 +1,227 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import SystemPackage
+
+// The operations every socket type shares, written once; the public types
+// forward to them in one line each.
+
+extension SocketHandle {
+    static func open(_ kind: SocketKind, operation: String, label: String?) throws(SocketError) -> SocketHandle {
+        if kind == .seqpacket && !Platform.supportsSeqpacket {
+            throw SocketError(operation, address: label, code: .unsupported("seqpacket sockets are"))
+        }
+        switch Sys.socket(kind: kind) {
+        case .success(let fd): return SocketHandle(descriptor: fd, label: label)
+        case .failure(let errno): throw SocketError("socket", address: label, errno: errno)
+        }
+    }
+
+    static func openPair(_ kind: SocketKind) throws(SocketError) -> (SocketHandle, SocketHandle) {
+        if kind == .seqpacket && !Platform.supportsSeqpacket {
+            throw SocketError("socketpair", code: .unsupported("seqpacket sockets are"))
+        }
+        switch Sys.socketPair(kind: kind) {
+        case .success(let (first, second)):
+            return (SocketHandle(descriptor: first, label: "socketpair"), SocketHandle(descriptor: second, label: "socketpair"))
+        case .failure(let errno):
+            throw SocketError("socketpair", errno: errno)
+        }
+    }
+
+    /// Connects, waiting for completion if a signal interrupts the call: the
+    /// kernel goes on connecting, so a second `connect` would fail.
+    func connect(to address: UnixAddress) throws(SocketError) {
+        currentLabel = address.description
+        try withDescriptor("connect") { (fd) throws(SocketError) in
+            let result = address.withSockaddr { Sys.connect(fd, $0, $1) }
+            switch result {
+            case .success: return
+            case .failure(.interrupted):
+                while true {
+                    switch Sys.poll(fd, forWriting: true, timeoutMilliseconds: -1) {
+                    case .success(true): break
+                    case .success(false): continue
+                    case .failure(let errno): throw error("connect", errno)
+                    }
+                    break
+                }
+                switch Sys.socketError(fd) {
+                case .success(0): return
+                case .success(let code): throw error("connect", Errno(rawValue: code))
+                case .failure(let errno): throw error("connect", errno)
+                }
+            case .failure(let errno):
+                throw error("connect", errno)
+            }
+        }
+    }
+
+    func localAddress() throws(SocketError) -> UnixAddress {
+        try withDescriptor("getsockname") { (fd) throws(SocketError) in
+            try UnixAddress.fromKernel { (address, length) throws(SocketError) in
+                if case .failure(let errno) = Sys.localAddress(fd, address, length) { throw error("getsockname", errno) }
+            }
+        }
+    }
+
+    func peerAddress() throws(SocketError) -> UnixAddress {
+        try withDescriptor("getpeername") { (fd) throws(SocketError) in
+            try UnixAddress.fromKernel { (address, length) throws(SocketError) in
+                if case .failure(let errno) = Sys.peerAddress(fd, address, length) { throw error("getpeername", errno) }
+            }
+        }
+    }
+
+    func shutdown(_ direction: ShutdownDirection) throws(SocketError) {
+        let how: CInt =
+            switch direction {
+            case .read: Sys.shutdownRead
+            case .write: Sys.shutdownWrite
+            case .both: Sys.shutdownBoth
+            }
+        try call("shutdown") { Sys.shutdown($0, how: how) }
+    }
+
+    func setTimeout(receive: Bool, _ duration: Duration?) throws(SocketError) {
+        try call("setsockopt") { Sys.setTimeout($0, receive: receive, duration) }
+    }
+
+    @inline(__always)
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> Int {
+        try call("read") { Sys.receive($0, buffer) }
+    }
+
+    @inline(__always)
+    func write(_ buffer: UnsafeRawBufferPointer) throws(SocketError) -> Int {
+        try call("write") { Sys.send($0, buffer) }
+    }
+
+    /// Sends every byte, continuing after partial writes.
+    func writeAll(_ buffer: UnsafeRawBufferPointer) throws(SocketError) {
+        var remaining = buffer
+        while !remaining.isEmpty {
+            let written = try write(remaining)
+            remaining = UnsafeRawBufferPointer(rebasing: remaining[written...])
+        }
+    }
+
+    /// Fills `buffer` completely, or fails with `.unexpectedEndOfStream`.
+    func readExactly(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) {
+        var filled = 0
+        while filled < buffer.count {
+            let count = try read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...]))
+            if count == 0 {
+                throw error("read", code: .unexpectedEndOfStream(received: filled, expected: buffer.count))
+            }
+            filled += count
+        }
+    }
+
+    /// Receives one message and, if asked, its sender; reports truncation.
+    func receiveMessage(
+        into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool
+    ) throws(SocketError) -> ReceivedMessage {
+        try withDescriptor("recvmsg") { (fd) throws(SocketError) in
+            var storage = sockaddr_un()
+            var message = msghdr()
+            var vector = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+            let received: Result<Int, Errno> = withUnsafeMutablePointer(to: &storage) { name in
+                withUnsafeMutablePointer(to: &vector) { vectorPointer in
+                    if wantSender {
+                        message.msg_name = UnsafeMutableRawPointer(name)
+                        message.msg_namelen = socklen_t(MemoryLayout<sockaddr_un>.size)
+                    }
+                    message.msg_iov = vectorPointer
+                    message.msg_iovlen = 1
+                    return Sys.receiveMessage(fd, &message, flags: Sys.reportFullLengthFlag)
+                }
+            }
+            switch received {
+            case .failure(let errno):
+                throw error("recvmsg", errno)
+            case .success(let length):
+                let truncated = message.msg_flags & Sys.truncatedFlag != 0
+                let sender = wantSender ? UnixAddress(storage: storage, length: message.msg_namelen) : nil
+                return ReceivedMessage(
+                    count: min(length, buffer.count),
+                    isTruncated: truncated,
+                    fullLength: truncated && Sys.reportFullLengthFlag != 0 ? length : nil,
+                    sender: sender)
+            }
+        }
+    }
+
+    func send(_ buffer: UnsafeRawBufferPointer, to address: UnixAddress) throws(SocketError) -> Int {
+        try withDescriptor("sendto") { (fd) throws(SocketError) in
+            let result = address.withSockaddr { Sys.send(fd, buffer, to: $0, $1) }
+            switch result {
+            case .success(let count): return count
+            case .failure(let errno): throw SocketError("sendto", address: address.description, errno: errno)
+            }
+        }
+    }
+}
+
+/// Which direction of a connection to shut down.
+public enum ShutdownDirection: Sendable {
+    /// No more reads; pending and later data from the peer is discarded.
+    case read
+    /// No more writes; the peer reads end-of-stream after the data already sent.
+    case write
+    case both
+}
+
+/// What one `receive` call got: a message's length, whether it was cut to fit
+/// the buffer, and for datagrams who sent it.
+public struct ReceivedMessage: Hashable, Sendable {
+    /// Bytes written into the buffer.
+    public var count: Int
+    /// The message was longer than the buffer; the rest is lost. Never ignore
+    /// this: a cut message is not the message that was sent.
+    public var isTruncated: Bool
+    /// The message's full length when it was truncated (Linux only).
+    public var fullLength: Int?
+    /// The sender's address (datagrams); `nil` on connection-oriented sockets.
+    public var sender: UnixAddress?
+}
+
+extension SocketHandle {
+    /// Binds and listens; returns whether a stale socket file was replaced.
+    func bindAndListen(to address: UnixAddress, kind: SocketKind, options: BindOptions) throws(SocketError) -> Bool {
+        let replaced = try Binding.bind(self, to: address, kind: kind, options: options)
+        let backlog = options.backlog.map { CInt(clamping: $0) } ?? Platform.defaultBacklog
+        try call("listen") { Sys.listen($0, backlog: backlog) }
+        return replaced
+    }
+
+    /// Accepts one connection: a new handle, close-on-exec, and the peer's address.
+    func accept() throws(SocketError) -> (SocketHandle, UnixAddress) {
+        var accepted: CInt = -1
+        let peer = try withDescriptor("accept") { (fd) throws(SocketError) in
+            try UnixAddress.fromKernel { (address, length) throws(SocketError) in
+                switch Sys.accept(fd, address, length) {
+                case .success(let newFD): accepted = newFD
+                case .failure(let errno): throw error("accept", errno)
+                }
+            }
+        }
+        return (SocketHandle(descriptor: accepted, label: currentLabel), peer)
+    }
+}
+
+/// Runs `body` over the bytes of `bytes`, contiguous; `Array.withUnsafeBytes`
+/// is not typed-throws.
+@inline(__always)
+func withContiguousBytes<R>(
+    _ bytes: some Sequence<UInt8>, _ body: (UnsafeRawBufferPointer) throws(SocketError) -> R
+) throws(SocketError) -> R {
+    let result = Array(bytes).withUnsafeBytes { buffer in
+        Result { () throws(SocketError) -> R in try body(buffer) }
+    }
+    return try result.get()
+}

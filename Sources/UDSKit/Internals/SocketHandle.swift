@@ -1,0 +1,145 @@
+import Synchronization
+import SystemPackage
+
+/// Owns one socket descriptor and closes it exactly once.
+///
+/// Every operation holds a use count while it runs. `close()` marks the handle
+/// closed, shuts the socket down so that blocked calls on other threads return,
+/// and the last operation to finish closes the descriptor. So a descriptor
+/// number is never closed while a call still uses it, and never reused under
+/// a running call (Go's `fdMutex` solves the same race).
+final class SocketHandle: Sendable {
+    let descriptor: CInt
+    /// Bit 0: closed. The rest: the number of operations running, times two.
+    private let state = Atomic<Int>(0)
+    /// The path this socket created by binding, removed when it closes.
+    private let boundFile = Mutex<BoundFile?>(nil)
+    /// What errors name: the address the socket is bound or connected to.
+    private let label: Mutex<String?>
+
+    init(descriptor: CInt, label: String? = nil) {
+        self.descriptor = descriptor
+        self.label = Mutex(label)
+    }
+
+    deinit {
+        // No operation can be running: each holds a reference.
+        if state.load(ordering: .acquiring) & 1 == 0 {
+            boundFile.withLock { $0.take() }?.removeIfStillOurs()
+            _ = Sys.close(descriptor)
+        }
+    }
+
+    var currentLabel: String? {
+        get { label.withLock { $0 } }
+        set { label.withLock { $0 = newValue } }
+    }
+
+    func error(_ operation: String, _ errno: Errno) -> SocketError {
+        // A call that failed because another thread closed the socket (which
+        // shuts it down to wake this one) reports that, not EINVAL or EPIPE.
+        let code: SocketError.Code =
+            isClosed ? .closed : errno == .wouldBlock ? .timedOut : .system(errno)
+        return SocketError(operation, address: currentLabel, code: code)
+    }
+
+    func error(_ operation: String, code: SocketError.Code) -> SocketError {
+        SocketError(operation, address: currentLabel, code: code)
+    }
+
+    /// Runs `body` with the descriptor, failing with `.closed` once closed.
+    @inline(__always)
+    func withDescriptor<R>(
+        _ operation: String, _ body: (CInt) throws(SocketError) -> R
+    ) throws(SocketError) -> R {
+        guard acquire() else { throw error(operation, code: .closed) }
+        defer { release() }
+        return try body(descriptor)
+    }
+
+    /// Runs one system call and turns its failure into a ``SocketError``.
+    @inline(__always)
+    func call<R>(_ operation: String, _ body: (CInt) -> Result<R, Errno>) throws(SocketError) -> R {
+        guard acquire() else { throw error(operation, code: .closed) }
+        defer { release() }
+        switch body(descriptor) {
+        case .success(let value): return value
+        case .failure(let errno): throw error(operation, errno)
+        }
+    }
+
+    @inline(__always)
+    private func acquire() -> Bool {
+        var current = state.load(ordering: .relaxed)
+        while current & 1 == 0 {
+            let (exchanged, original) = state.compareExchange(
+                expected: current, desired: current + 2, ordering: .acquiring)
+            if exchanged { return true }
+            current = original
+        }
+        return false
+    }
+
+    @inline(__always)
+    private func release() {
+        let remaining = state.subtract(2, ordering: .acquiringAndReleasing).newValue
+        if remaining == 1 { finishClose() }
+    }
+
+    var isClosed: Bool { state.load(ordering: .relaxed) & 1 != 0 }
+
+    /// Marks the file at `path` as created by this socket, to be removed on close.
+    func adoptBoundFile(_ file: BoundFile) {
+        boundFile.withLock { $0 = file }
+    }
+
+    /// Stops removing the bound file on close; returns whether one was adopted.
+    @discardableResult
+    func releaseBoundFile() -> Bool {
+        boundFile.withLock { $0.take() } != nil
+    }
+
+    /// Closes the socket once; later calls do nothing. Removes the socket file
+    /// this socket created, if the path still names it.
+    func close(_ operation: String = "close") throws(SocketError) {
+        let previous = state.bitwiseOr(1, ordering: .acquiringAndReleasing).oldValue
+        guard previous & 1 == 0 else { return }
+        // Remove the name first: from here on no new peer should find it.
+        boundFile.withLock { $0.take() }?.removeIfStillOurs()
+        if previous == 0 {
+            if case .failure(let errno) = Sys.close(descriptor) { throw error(operation, errno) }
+        } else {
+            // Wake calls blocked on other threads; the last one closes.
+            _ = Sys.shutdown(descriptor, how: Sys.shutdownBoth)
+        }
+    }
+
+    private func finishClose() {
+        _ = Sys.close(descriptor)
+    }
+}
+
+/// A socket file this process created by `bind`, identified by device and inode,
+/// so that it is removed only while the path still names that very file.
+struct BoundFile: Sendable {
+    let path: String
+    let device: UInt64
+    let inode: UInt64
+
+    init?(path: String) {
+        guard case .success(let status) = Sys.fileStatus(path: path) else { return nil }
+        self.path = path
+        self.device = UInt64(status.st_dev)
+        self.inode = UInt64(status.st_ino)
+    }
+
+    func isStillOurs() -> Bool {
+        guard case .success(let status) = Sys.fileStatus(path: path) else { return false }
+        return UInt64(status.st_dev) == device && UInt64(status.st_ino) == inode
+    }
+
+    /// A successor that replaced the file keeps its socket.
+    func removeIfStillOurs() {
+        if isStillOurs() { _ = Sys.unlink(path: path) }
+    }
+}

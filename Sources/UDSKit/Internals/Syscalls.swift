@@ -1,0 +1,356 @@
+// The only file that calls the C library for sockets. Everything above it is
+// portable; every platform difference is decided here, once.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#else
+#error("Unsupported Platform")
+#endif
+import SystemPackage
+import CUDSKit
+
+/// The kind of socket, as `socket(2)` spells it.
+enum SocketKind: Sendable {
+    case stream
+    case datagram
+    case seqpacket
+    /// TCP over IPv4 or IPv6; the family comes from the address.
+    case tcp
+
+    var name: String {
+        switch self {
+        case .stream: "stream"
+        case .datagram: "datagram"
+        case .seqpacket: "seqpacket"
+        case .tcp: "tcp"
+        }
+    }
+
+    var rawType: CInt {
+        #if canImport(Glibc)
+        switch self {
+        case .stream, .tcp: CInt(SOCK_STREAM.rawValue)
+        case .datagram: CInt(SOCK_DGRAM.rawValue)
+        case .seqpacket: CInt(SOCK_SEQPACKET.rawValue)
+        }
+        #else
+        switch self {
+        case .stream, .tcp: SOCK_STREAM
+        case .datagram: SOCK_DGRAM
+        case .seqpacket: SOCK_SEQPACKET
+        }
+        #endif
+    }
+}
+
+/// Thin forwarders to the C library. Each returns `Result<_, Errno>`, reads
+/// `errno` right after the call, and retries `EINTR` unless told not to.
+enum Sys {
+    @inline(__always)
+    static func valueOrErrno<I: FixedWidthInteger>(
+        retryOnInterrupt: Bool = true,
+        _ call: () -> I
+    ) -> Result<I, Errno> {
+        while true {
+            let result = call()
+            if result != -1 { return .success(result) }
+            let error = Errno(rawValue: errno)
+            if retryOnInterrupt && error == .interrupted { continue }
+            return .failure(error)
+        }
+    }
+
+    static func nothingOrErrno(retryOnInterrupt: Bool = true, _ call: () -> CInt) -> Result<Void, Errno> {
+        valueOrErrno(retryOnInterrupt: retryOnInterrupt, call).map { _ in () }
+    }
+
+    // MARK: Creating sockets
+
+    /// A new socket that is close-on-exec from its first moment on Linux and
+    /// does not raise SIGPIPE on Darwin.
+    static func socket(family: CInt = CInt(AF_UNIX), kind: SocketKind, nonBlocking: Bool = false) -> Result<CInt, Errno> {
+        #if os(Linux)
+        var type = kind.rawType | CInt(SOCK_CLOEXEC.rawValue)
+        if nonBlocking { type |= CInt(SOCK_NONBLOCK.rawValue) }
+        return valueOrErrno { Glibc.socket(family, type, 0) }
+        #else
+        let created = valueOrErrno { Darwin.socket(family, kind.rawType, 0) }
+        guard case .success(let fd) = created else { return created }
+        // Darwin has no SOCK_CLOEXEC: a fork+exec in another thread between these
+        // two calls can inherit the descriptor. Rust's std accepts the same window.
+        if case .failure(let error) = configureNewDescriptor(fd, nonBlocking: nonBlocking) {
+            _ = close(fd)
+            return .failure(error)
+        }
+        return .success(fd)
+        #endif
+    }
+
+    static func socketPair(kind: SocketKind) -> Result<(CInt, CInt), Errno> {
+        var fds: [CInt] = [-1, -1]
+        #if os(Linux)
+        let type = kind.rawType | CInt(SOCK_CLOEXEC.rawValue)
+        let result = nothingOrErrno { Glibc.socketpair(CInt(AF_UNIX), type, 0, &fds) }
+        return result.map { (fds[0], fds[1]) }
+        #else
+        if case .failure(let error) = nothingOrErrno({ Darwin.socketpair(AF_UNIX, kind.rawType, 0, &fds) }) {
+            return .failure(error)
+        }
+        for fd in fds {
+            if case .failure(let error) = configureNewDescriptor(fd, nonBlocking: false) {
+                _ = close(fds[0])
+                _ = close(fds[1])
+                return .failure(error)
+            }
+        }
+        return .success((fds[0], fds[1]))
+        #endif
+    }
+
+    static func accept(
+        _ fd: CInt, _ address: UnsafeMutablePointer<sockaddr>?, _ length: UnsafeMutablePointer<socklen_t>?
+    ) -> Result<CInt, Errno> {
+        #if os(Linux)
+        return valueOrErrno { cudskit_accept4(fd, address, length, CInt(SOCK_CLOEXEC.rawValue)) }
+        #else
+        let accepted = valueOrErrno { Darwin.accept(fd, address, length) }
+        guard case .success(let newFD) = accepted else { return accepted }
+        if case .failure(let error) = configureNewDescriptor(newFD, nonBlocking: false) {
+            _ = close(newFD)
+            return .failure(error)
+        }
+        return .success(newFD)
+        #endif
+    }
+
+    #if !os(Linux)
+    /// Darwin: close-on-exec, optional non-blocking, and SO_NOSIGPIPE, set after creation.
+    private static func configureNewDescriptor(_ fd: CInt, nonBlocking: Bool) -> Result<Void, Errno> {
+        if case .failure(let error) = nothingOrErrno({ fcntl(fd, F_SETFD, FD_CLOEXEC) }) {
+            return .failure(error)
+        }
+        if nonBlocking {
+            let flags = fcntl(fd, F_GETFL)
+            if case .failure(let error) = nothingOrErrno({ fcntl(fd, F_SETFL, flags | O_NONBLOCK) }) {
+                return .failure(error)
+            }
+        }
+        var on: CInt = 1
+        return nothingOrErrno {
+            setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &on, socklen_t(MemoryLayout<CInt>.size))
+        }
+    }
+    #endif
+
+    // MARK: Addresses
+
+    static func bind(_ fd: CInt, _ address: UnsafePointer<sockaddr>, _ length: socklen_t) -> Result<Void, Errno> {
+        nothingOrErrno { systemBind(fd, address, length) }
+    }
+
+    /// `connect` is not retried after EINTR: the connection continues in the
+    /// background, and a second call would fail with EALREADY/EISCONN. The caller
+    /// waits for completion instead (see `Connecting.swift`).
+    static func connect(_ fd: CInt, _ address: UnsafePointer<sockaddr>, _ length: socklen_t) -> Result<Void, Errno> {
+        nothingOrErrno(retryOnInterrupt: false) { systemConnect(fd, address, length) }
+    }
+
+    static func listen(_ fd: CInt, backlog: CInt) -> Result<Void, Errno> {
+        nothingOrErrno { systemListen(fd, backlog) }
+    }
+
+    static func localAddress(_ fd: CInt, _ address: UnsafeMutablePointer<sockaddr>, _ length: UnsafeMutablePointer<socklen_t>) -> Result<Void, Errno> {
+        nothingOrErrno { getsockname(fd, address, length) }
+    }
+
+    static func peerAddress(_ fd: CInt, _ address: UnsafeMutablePointer<sockaddr>, _ length: UnsafeMutablePointer<socklen_t>) -> Result<Void, Errno> {
+        nothingOrErrno { getpeername(fd, address, length) }
+    }
+
+    // MARK: Data
+
+    /// Sends without ever raising SIGPIPE: `MSG_NOSIGNAL` on Linux; on Darwin the
+    /// socket carries `SO_NOSIGPIPE` from creation.
+    static func send(_ fd: CInt, _ buffer: UnsafeRawBufferPointer, flags: CInt = 0) -> Result<Int, Errno> {
+        valueOrErrno { systemSend(fd, buffer.baseAddress, buffer.count, flags | noSignalFlag) }
+    }
+
+    static func send(
+        _ fd: CInt, _ buffer: UnsafeRawBufferPointer,
+        to address: UnsafePointer<sockaddr>, _ length: socklen_t
+    ) -> Result<Int, Errno> {
+        valueOrErrno { sendto(fd, buffer.baseAddress, buffer.count, noSignalFlag, address, length) }
+    }
+
+    static func receive(_ fd: CInt, _ buffer: UnsafeMutableRawBufferPointer, flags: CInt = 0) -> Result<Int, Errno> {
+        valueOrErrno { recv(fd, buffer.baseAddress, buffer.count, flags) }
+    }
+
+    static func receiveMessage(_ fd: CInt, _ message: UnsafeMutablePointer<msghdr>, flags: CInt) -> Result<Int, Errno> {
+        valueOrErrno { recvmsg(fd, message, flags) }
+    }
+
+    static func sendMessage(_ fd: CInt, _ message: UnsafePointer<msghdr>, flags: CInt = 0) -> Result<Int, Errno> {
+        valueOrErrno { sendmsg(fd, message, flags | noSignalFlag) }
+    }
+
+    /// Asks recvmsg for the full length of a datagram that did not fit (Linux);
+    /// elsewhere only the `MSG_TRUNC` flag in the result says it was cut.
+    static var reportFullLengthFlag: CInt {
+        #if os(Linux)
+        CInt(MSG_TRUNC)
+        #else
+        0
+        #endif
+    }
+
+    static let truncatedFlag = CInt(MSG_TRUNC)
+    static let controlTruncatedFlag = CInt(MSG_CTRUNC)
+
+    private static var noSignalFlag: CInt {
+        #if os(Linux)
+        CInt(MSG_NOSIGNAL)
+        #else
+        0
+        #endif
+    }
+
+    static func shutdown(_ fd: CInt, how: CInt) -> Result<Void, Errno> {
+        nothingOrErrno { systemShutdown(fd, how) }
+    }
+
+    static let shutdownRead = CInt(SHUT_RD)
+    static let shutdownWrite = CInt(SHUT_WR)
+    static let shutdownBoth = CInt(SHUT_RDWR)
+
+    /// Never retried: after EINTR the descriptor is already closed on Linux, and a
+    /// retry could close a descriptor another thread just opened.
+    /// https://lwn.net/Articles/576478/
+    static func close(_ fd: CInt) -> Result<Void, Errno> {
+        let result = systemClose(fd)
+        if result == 0 { return .success(()) }
+        let error = Errno(rawValue: errno)
+        return error == .interrupted ? .success(()) : .failure(error)
+    }
+
+    // MARK: Options
+
+    static func setOption<T>(_ fd: CInt, level: CInt, name: CInt, _ value: T) -> Result<Void, Errno> {
+        withUnsafeBytes(of: value) { bytes in
+            nothingOrErrno { setsockopt(fd, level, name, bytes.baseAddress, socklen_t(bytes.count)) }
+        }
+    }
+
+    static func getOption<T>(_ fd: CInt, level: CInt, name: CInt, as type: T.Type, initial: T) -> Result<T, Errno> {
+        var value = initial
+        var length = socklen_t(MemoryLayout<T>.size)
+        return withUnsafeMutableBytes(of: &value) { bytes in
+            nothingOrErrno { getsockopt(fd, level, name, bytes.baseAddress, &length) }
+        }.map { value }
+    }
+
+    static func setTimeout(_ fd: CInt, receive: Bool, _ duration: Duration?) -> Result<Void, Errno> {
+        var time = timeval()
+        if let duration {
+            let (seconds, attoseconds) = duration.components
+            time.tv_sec = .init(max(0, seconds))
+            time.tv_usec = .init(max(0, attoseconds / 1_000_000_000_000))
+            // A zero timeval means "no timeout" to the kernel; the smallest real one is 1 µs.
+            if seconds <= 0 && time.tv_usec == 0 { time.tv_sec = 0; time.tv_usec = 1 }
+        }
+        let name = receive ? SO_RCVTIMEO : SO_SNDTIMEO
+        return setOption(fd, level: CInt(SOL_SOCKET), name: CInt(name), time)
+    }
+
+    static func socketError(_ fd: CInt) -> Result<CInt, Errno> {
+        getOption(fd, level: CInt(SOL_SOCKET), name: CInt(SO_ERROR), as: CInt.self, initial: 0)
+    }
+
+    static func setNonBlocking(_ fd: CInt, _ on: Bool) -> Result<Void, Errno> {
+        let flags = fcntl(fd, F_GETFL)
+        if flags == -1 { return .failure(Errno(rawValue: errno)) }
+        let updated = on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK
+        if updated == flags { return .success(()) }
+        return nothingOrErrno { fcntl(fd, F_SETFL, updated) }
+    }
+
+    /// Waits until `fd` is writable (a pending connect finished) or readable.
+    static func poll(_ fd: CInt, forWriting: Bool, timeoutMilliseconds: CInt) -> Result<Bool, Errno> {
+        var entry = pollfd(fd: fd, events: Int16(forWriting ? POLLOUT : POLLIN), revents: 0)
+        return valueOrErrno { systemPoll(&entry, 1, timeoutMilliseconds) }.map { $0 > 0 }
+    }
+
+    // MARK: Files
+
+    static func fileStatus(path: String) -> Result<stat, Errno> {
+        var status = stat()
+        return nothingOrErrno { lstat(path, &status) }.map { status }
+    }
+
+    static func fileStatus(descriptor fd: CInt) -> Result<stat, Errno> {
+        var status = stat()
+        return nothingOrErrno { fstat(fd, &status) }.map { status }
+    }
+
+    static func unlink(path: String) -> Result<Void, Errno> {
+        nothingOrErrno { systemUnlink(path) }
+    }
+
+    static func changeMode(path: String, _ mode: mode_t) -> Result<Void, Errno> {
+        nothingOrErrno { chmod(path, mode) }
+    }
+
+    static func changeOwner(path: String, user: uid_t, group: gid_t) -> Result<Void, Errno> {
+        nothingOrErrno { lchown(path, user, group) }
+    }
+
+    /// Sets the mode of the file a socket creates when it binds. Linux honours the
+    /// socket inode's mode (less the umask) at bind time, so the path never shows a
+    /// wider mode than asked for; Darwin ignores it, and the caller fixes the mode
+    /// right after bind.
+    static func presetBindMode(_ fd: CInt, _ mode: mode_t) -> Result<Void, Errno> {
+        #if os(Linux)
+        nothingOrErrno { fchmod(fd, mode) }
+        #else
+        .success(())
+        #endif
+    }
+
+    static var processID: pid_t { getpid() }
+}
+
+// Aliases keep the C spellings out of the forwarders above, where a Swift
+// method of the same name would shadow them.
+private let systemBind = bind
+private let systemConnect = connect
+private let systemListen = listen
+private let systemSend = send
+private let systemShutdown = shutdown
+private let systemClose = close
+private let systemUnlink = unlink
+private let systemPoll = poll
+
+/// Platform facts that shape addresses.
+enum Platform {
+    static let sunPathCapacity = MemoryLayout.size(ofValue: sockaddr_un().sun_path)
+    static let sunPathOffset = MemoryLayout<sockaddr_un>.offset(of: \sockaddr_un.sun_path)!
+    static var supportsAbstractNames: Bool {
+        #if os(Linux)
+        true
+        #else
+        false
+        #endif
+    }
+    static var supportsSeqpacket: Bool {
+        #if os(Linux)
+        true
+        #else
+        false
+        #endif
+    }
+    static let defaultBacklog = CInt(SOMAXCONN)
+}

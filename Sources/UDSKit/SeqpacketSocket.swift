@@ -1,0 +1,120 @@
+/// A listening `SOCK_SEQPACKET` socket (Linux): connections that keep
+/// message boundaries. On other platforms every call fails with `.unsupported`.
+public final class SeqpacketListener: Sendable {
+    let handle: SocketHandle
+    /// The address this listener was bound to, as given.
+    public let address: UnixAddress
+    /// Whether binding removed a stale socket file first.
+    public let replacedStaleSocket: Bool
+
+    private init(handle: SocketHandle, address: UnixAddress, replacedStaleSocket: Bool) {
+        self.handle = handle
+        self.address = address
+        self.replacedStaleSocket = replacedStaleSocket
+    }
+
+    /// Binds to `address` and listens, with the safe-bind rules of ``StreamListener``.
+    public static func bind(to address: UnixAddress, options: BindOptions = BindOptions()) throws(SocketError) -> SeqpacketListener {
+        let handle = try SocketHandle.open(.seqpacket, operation: "bind", label: address.description)
+        let replaced = try handle.bindAndListen(to: address, kind: .seqpacket, options: options)
+        return SeqpacketListener(handle: handle, address: address, replacedStaleSocket: replaced)
+    }
+
+    /// Waits for the next connection. The corresponding C function is `accept4`.
+    public func accept() throws(SocketError) -> (connection: SeqpacketSocket, peer: UnixAddress) {
+        let (connection, peer) = try handle.accept()
+        return (SeqpacketSocket(handle: connection), peer)
+    }
+
+    /// The address as the kernel reports it.
+    public func localAddress() throws(SocketError) -> UnixAddress { try handle.localAddress() }
+
+    /// Stops listening and removes the socket file; later calls do nothing.
+    public func close() throws(SocketError) { try handle.close() }
+
+    /// The descriptor, for use with other APIs; it stays owned by this listener.
+    public var descriptor: CInt { handle.descriptor }
+}
+
+/// A connected `SOCK_SEQPACKET` socket (Linux): reliable, ordered messages over
+/// a connection. Each send is one message; each receive returns one message.
+public final class SeqpacketSocket: Sendable {
+    let handle: SocketHandle
+
+    init(handle: SocketHandle) {
+        self.handle = handle
+    }
+
+    /// Connects to a seqpacket listener, optionally binding `localAddress` first.
+    public static func connect(
+        to address: UnixAddress, from localAddress: UnixAddress? = nil, bindOptions: BindOptions = BindOptions()
+    ) throws(SocketError) -> SeqpacketSocket {
+        let handle = try SocketHandle.open(.seqpacket, operation: "connect", label: address.description)
+        if let localAddress {
+            _ = try Binding.bind(handle, to: localAddress, kind: .seqpacket, options: bindOptions)
+        }
+        try handle.connect(to: address)
+        return SeqpacketSocket(handle: handle)
+    }
+
+    /// Two connected seqpacket sockets. The corresponding C function is `socketpair`.
+    public static func makePair() throws(SocketError) -> (SeqpacketSocket, SeqpacketSocket) {
+        let (first, second) = try SocketHandle.openPair(.seqpacket)
+        return (SeqpacketSocket(handle: first), SeqpacketSocket(handle: second))
+    }
+
+    /// Sends one message. The corresponding C function is `send`.
+    @discardableResult
+    public func send(_ buffer: UnsafeRawBufferPointer) throws(SocketError) -> Int {
+        try handle.write(buffer)
+    }
+
+    /// Sends one message.
+    @discardableResult
+    public func send(_ bytes: some Sequence<UInt8>) throws(SocketError) -> Int {
+        try withContiguousBytes(bytes) { (buffer) throws(SocketError) in try handle.write(buffer) }
+    }
+
+    /// Receives one message; a count of 0 with no truncation is the end of the
+    /// connection. The corresponding C function is `recvmsg`.
+    public func receive(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> ReceivedMessage {
+        try handle.receiveMessage(into: buffer, wantSender: false)
+    }
+
+    /// Receives one message of at most `maximumSize` bytes; empty at the end.
+    public func receive(maximumSize: Int = 65536) throws(SocketError) -> (bytes: [UInt8], receipt: ReceivedMessage) {
+        var receipt = ReceivedMessage(count: 0, isTruncated: false)
+        let bytes = try [UInt8](unsafeUninitializedCapacity: maximumSize) { (buffer, initialized) throws(SocketError) in
+            receipt = try handle.receiveMessage(into: UnsafeMutableRawBufferPointer(buffer), wantSender: false)
+            initialized = receipt.count
+        }
+        return (bytes, receipt)
+    }
+
+    /// Shuts down one or both directions. The corresponding C function is `shutdown`.
+    public func shutdown(_ direction: ShutdownDirection) throws(SocketError) {
+        try handle.shutdown(direction)
+    }
+
+    /// A receive that waits longer than `timeout` fails with `.timedOut`; `nil` waits forever.
+    public func setReadTimeout(_ timeout: Duration?) throws(SocketError) {
+        try handle.setTimeout(receive: true, timeout)
+    }
+
+    /// A send that waits longer than `timeout` fails with `.timedOut`; `nil` waits forever.
+    public func setWriteTimeout(_ timeout: Duration?) throws(SocketError) {
+        try handle.setTimeout(receive: false, timeout)
+    }
+
+    /// This side's address. The corresponding C function is `getsockname`.
+    public func localAddress() throws(SocketError) -> UnixAddress { try handle.localAddress() }
+
+    /// The peer's address. The corresponding C function is `getpeername`.
+    public func peerAddress() throws(SocketError) -> UnixAddress { try handle.peerAddress() }
+
+    /// Closes the socket once; later calls do nothing.
+    public func close() throws(SocketError) { try handle.close() }
+
+    /// The descriptor, for use with other APIs; it stays owned by this socket.
+    public var descriptor: CInt { handle.descriptor }
+}

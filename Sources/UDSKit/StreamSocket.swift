@@ -1,0 +1,127 @@
+/// A connected `SOCK_STREAM` socket: an ordered, reliable byte stream.
+///
+/// Reads return what has arrived (at most the buffer's size), and zero at the
+/// end of the stream. ``writeAll(_:)`` sends every byte. Writing to a peer that
+/// has closed fails with `EPIPE`; it never raises `SIGPIPE`.
+///
+/// All methods may be called from any thread. ``close()`` wakes calls that
+/// other threads have blocked in this socket, and the descriptor is closed
+/// when the last of them returns.
+public final class StreamSocket: Sendable {
+    let handle: SocketHandle
+
+    init(handle: SocketHandle) {
+        self.handle = handle
+    }
+
+    /// Connects to a listening socket.
+    ///
+    /// The corresponding C functions are `socket` and `connect`.
+    /// - Parameters:
+    ///   - address: The server's path or abstract name.
+    ///   - localAddress: An address to bind first, so the server can tell this
+    ///     client apart (a path containing the pid, say); the file is removed on close.
+    ///   - bindOptions: How to bind `localAddress`.
+    /// - Throws: ``SocketError`` naming `bind` or `connect` and the address.
+    public static func connect(
+        to address: UnixAddress, from localAddress: UnixAddress? = nil, bindOptions: BindOptions = BindOptions()
+    ) throws(SocketError) -> StreamSocket {
+        let handle = try SocketHandle.open(.stream, operation: "connect", label: address.description)
+        if let localAddress {
+            _ = try Binding.bind(handle, to: localAddress, kind: .stream, options: bindOptions)
+        }
+        try handle.connect(to: address)
+        return StreamSocket(handle: handle)
+    }
+
+    /// Two connected sockets, unnamed, for talking to a thread or a child process.
+    ///
+    /// The corresponding C function is `socketpair`.
+    public static func makePair() throws(SocketError) -> (StreamSocket, StreamSocket) {
+        let (first, second) = try SocketHandle.openPair(.stream)
+        return (StreamSocket(handle: first), StreamSocket(handle: second))
+    }
+
+    /// Reads what has arrived, up to `buffer.count` bytes.
+    ///
+    /// The corresponding C function is `recv`.
+    /// - Returns: The number of bytes read; 0 at the end of the stream.
+    @inline(__always)
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> Int {
+        try handle.read(into: buffer)
+    }
+
+    /// Reads what has arrived, up to `maximumCount` bytes; empty at the end of the stream.
+    public func read(upTo maximumCount: Int) throws(SocketError) -> [UInt8] {
+        var count = 0
+        let bytes = try [UInt8](unsafeUninitializedCapacity: maximumCount) { (buffer, initialized) throws(SocketError) in
+            count = try handle.read(into: UnsafeMutableRawBufferPointer(buffer))
+            initialized = count
+        }
+        return bytes
+    }
+
+    /// Reads exactly `buffer.count` bytes.
+    /// - Throws: `.unexpectedEndOfStream` if the peer closes first.
+    public func readExactly(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) {
+        try handle.readExactly(into: buffer)
+    }
+
+    /// Reads exactly `count` bytes.
+    /// - Throws: `.unexpectedEndOfStream` if the peer closes first.
+    public func readExactly(_ count: Int) throws(SocketError) -> [UInt8] {
+        try [UInt8](unsafeUninitializedCapacity: count) { (buffer, initialized) throws(SocketError) in
+            try handle.readExactly(into: UnsafeMutableRawBufferPointer(buffer))
+            initialized = count
+        }
+    }
+
+    /// Writes some of `buffer` and returns how much; see ``writeAll(_:)``.
+    ///
+    /// The corresponding C function is `send` with `MSG_NOSIGNAL`.
+    @inline(__always)
+    public func write(_ buffer: UnsafeRawBufferPointer) throws(SocketError) -> Int {
+        try handle.write(buffer)
+    }
+
+    /// Writes every byte of `buffer`, continuing after partial writes.
+    public func writeAll(_ buffer: UnsafeRawBufferPointer) throws(SocketError) {
+        try handle.writeAll(buffer)
+    }
+
+    /// Writes every byte.
+    public func writeAll(_ bytes: some Sequence<UInt8>) throws(SocketError) {
+        try withContiguousBytes(bytes) { (buffer) throws(SocketError) in try handle.writeAll(buffer) }
+    }
+
+    /// Shuts down one or both directions. After `.write` the peer reads the end
+    /// of the stream, and this side can still read its answer (half-close).
+    ///
+    /// The corresponding C function is `shutdown`.
+    public func shutdown(_ direction: ShutdownDirection) throws(SocketError) {
+        try handle.shutdown(direction)
+    }
+
+    /// A read that waits longer than `timeout` fails with `.timedOut`; `nil` waits forever.
+    public func setReadTimeout(_ timeout: Duration?) throws(SocketError) {
+        try handle.setTimeout(receive: true, timeout)
+    }
+
+    /// A write that waits longer than `timeout` fails with `.timedOut`; `nil` waits forever.
+    public func setWriteTimeout(_ timeout: Duration?) throws(SocketError) {
+        try handle.setTimeout(receive: false, timeout)
+    }
+
+    /// This side's address (unnamed unless bound). The corresponding C function is `getsockname`.
+    public func localAddress() throws(SocketError) -> UnixAddress { try handle.localAddress() }
+
+    /// The peer's address. The corresponding C function is `getpeername`.
+    public func peerAddress() throws(SocketError) -> UnixAddress { try handle.peerAddress() }
+
+    /// Closes the socket, once; later calls do nothing. Removes the file of an
+    /// address bound with ``connect(to:from:bindOptions:)``.
+    public func close() throws(SocketError) { try handle.close() }
+
+    /// The descriptor, for use with other APIs; it stays owned by this socket.
+    public var descriptor: CInt { handle.descriptor }
+}
