@@ -35,6 +35,9 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
         case timedOut
         /// The peer closed the connection before the expected bytes arrived.
         case unexpectedEndOfStream(received: Int, expected: Int)
+        /// A message did not fit in the buffer and was cut; `length` is its full
+        /// length where the platform reports it.
+        case messageTruncated(length: Int?, capacity: Int)
         /// This platform lacks the feature (seqpacket or abstract names on macOS).
         case unsupported(String)
     }
@@ -86,6 +89,9 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
         case .timedOut: return "timed out"
         case .unexpectedEndOfStream(let received, let expected):
             return "the peer closed the connection after \(received) of \(expected) bytes"
+        case .messageTruncated(let length, let capacity):
+            let size = length.map { "\($0) bytes" } ?? "longer"
+            return "message truncated: it was \(size), the buffer holds \(capacity)"
         case .unsupported(let what): return "\(what) not supported on this platform"
         }
     }

@@ -1,0 +1,264 @@
+import ArgumentParser
+import Foundation
+import Synchronization
+import UDSKit
+
+struct EchoServer: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "echo-server",
+        abstract: "Echo every byte back to its sender: the classic Unix domain socket demo.",
+        discussion: """
+            With --chunk 16 the output matches the classic Python echo server line for
+            line. Unlike it, this server serves many clients at once; while more than one
+            is connected, each line starts with [client N].
+
+            A stale socket file (nobody listening) is replaced; a live server's socket or
+            any other kind of file at the path is never touched. SIGINT or SIGTERM stop
+            the server and remove its socket file.
+
+            Examples:
+              uds echo-server
+              uds echo-server /tmp/echo.sock --mode 600
+              uds echo-server @echo --type seqpacket
+              uds echo-server ./uds_socket --type dgram --chunk 16
+            """
+    )
+
+    @Argument(help: "The socket path, or @name for a Linux abstract name.")
+    var address: String = "./uds_socket"
+
+    @Option(help: "The socket type: stream, dgram or seqpacket.")
+    var type: SocketTypeOption = .stream
+
+    @Option(help: "Bytes read at a time (the classic server reads 16).")
+    var chunk: Int = 65536
+
+    @Option(help: "The socket file's mode, in octal (e.g. 600).")
+    var mode: FileModeOption?
+
+    @Flag(help: "Print only the start-up line and errors.")
+    var quiet = false
+
+    func validate() throws {
+        guard chunk > 0 else { throw ValidationError("--chunk must be at least 1") }
+    }
+
+    func run() throws {
+        let address = try parseAddress(address)
+        let options = BindOptions(permissions: mode?.permissions)
+        let transcript = Transcript(quiet: quiet)
+        transcript.always("starting up on \(address)")
+        do {
+            switch type {
+            case .stream:
+                let listener = try StreamListener.bind(to: address, options: options)
+                try serveConnections(
+                    replacedStale: listener.replacedStaleSocket,
+                    accept: { () throws(SocketError) in
+                        let (connection, peer) = try listener.accept()
+                        return (StreamEchoConnection(socket: connection), peer)
+                    },
+                    close: { try? listener.close() }, transcript: transcript)
+            case .seqpacket:
+                let listener = try SeqpacketListener.bind(to: address, options: options)
+                try serveConnections(
+                    replacedStale: listener.replacedStaleSocket,
+                    accept: { () throws(SocketError) in
+                        let (connection, peer) = try listener.accept()
+                        return (SeqpacketEchoConnection(socket: connection), peer)
+                    },
+                    close: { try? listener.close() }, transcript: transcript)
+            case .dgram:
+                let socket = try DatagramSocket.bind(to: address, options: options)
+                try serveDatagrams(socket: socket, transcript: transcript)
+            }
+        } catch {
+            report(error)
+            throw ExitCode.failure
+        }
+    }
+
+    private func announce(replacedStale: Bool, address: String) {
+        if replacedStale {
+            Console.standardError.line("uds: removed stale socket file \(address) (nobody was listening)")
+        }
+    }
+
+    private func serveConnections(
+        replacedStale: Bool,
+        accept: () throws(SocketError) -> (any EchoConnection, UnixAddress),
+        close: @escaping @Sendable () -> Void,
+        transcript: Transcript
+    ) throws(SocketError) {
+        announce(replacedStale: replacedStale, address: address)
+        ShutdownSignals.install { _ in close() }
+        transcript.say("waiting for a connection")
+        var nextID = 0
+        while true {
+            let connection: any EchoConnection
+            let peer: UnixAddress
+            do {
+                (connection, peer) = try accept()
+            } catch {
+                if ShutdownSignals.received.load(ordering: .acquiring) { return }
+                switch error.errno {
+                case .connectionAbort?, .interrupted?:
+                    continue
+                case .tooManyOpenFiles?, .tooManyOpenFilesInSystem?, .noBufferSpace?, .noMemory?:
+                    // Out of descriptors or memory: say so, wait, and keep serving
+                    // the clients already connected.
+                    report(error)
+                    Thread.sleep(forTimeInterval: 0.1)
+                    continue
+                default:
+                    throw error
+                }
+            }
+            nextID += 1
+            let id = nextID
+            transcript.opened(id)
+            let chunk = self.chunk
+            Thread.detachNewThread {
+                echo(connection, peer: peer, id: id, chunk: chunk, transcript: transcript)
+            }
+        }
+    }
+
+    private func serveDatagrams(socket: DatagramSocket, transcript: Transcript) throws(SocketError) {
+        announce(replacedStale: socket.replacedStaleSocket, address: address)
+        ShutdownSignals.install { _ in try? socket.close() }
+        transcript.say("waiting for a message")
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 1)
+        defer { buffer.deallocate() }
+        while true {
+            let receipt: ReceivedMessage
+            do {
+                receipt = try socket.receive(into: buffer)
+            } catch {
+                if ShutdownSignals.received.load(ordering: .acquiring) { return }
+                throw error
+            }
+            if ShutdownSignals.received.load(ordering: .acquiring) { return }
+            let message = UnsafeRawBufferPointer(rebasing: buffer[..<receipt.count])
+            let sender = receipt.sender ?? .unnamed
+            transcript.say("received \(pythonBytesLiteral(message)) from \(sender.classicText)")
+            if receipt.isTruncated {
+                report(SocketError("recvmsg", address: sender.description,
+                    code: .messageTruncated(length: receipt.fullLength, capacity: chunk)))
+            }
+            guard sender.kind != .unnamed else {
+                Console.standardError.line("uds: sendto: cannot reply: the sender did not bind an address")
+                continue
+            }
+            transcript.say("sending data back to \(sender)")
+            do {
+                try socket.send(message, to: sender)
+            } catch {
+                report(error)  // The client went away; keep serving the others.
+            }
+        }
+    }
+}
+
+/// One connection of the echo server, stream or seqpacket.
+protocol EchoConnection: Sendable {
+    /// Reads up to `chunk` bytes (one message for seqpacket); empty at the end.
+    func receive(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> (count: Int, truncated: Bool)
+    func sendAll(_ buffer: UnsafeRawBufferPointer) throws(SocketError)
+    func close()
+}
+
+struct StreamEchoConnection: EchoConnection {
+    let socket: StreamSocket
+    func receive(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> (count: Int, truncated: Bool) {
+        (try socket.read(into: buffer), false)
+    }
+    func sendAll(_ buffer: UnsafeRawBufferPointer) throws(SocketError) { try socket.writeAll(buffer) }
+    func close() { try? socket.close() }
+}
+
+struct SeqpacketEchoConnection: EchoConnection {
+    let socket: SeqpacketSocket
+    func receive(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> (count: Int, truncated: Bool) {
+        let receipt = try socket.receive(into: buffer)
+        return (receipt.count, receipt.isTruncated)
+    }
+    func sendAll(_ buffer: UnsafeRawBufferPointer) throws(SocketError) { try socket.send(buffer) }
+    func close() { try? socket.close() }
+}
+
+/// Serves one connection the way the classic server does: print, echo, repeat.
+private func echo(_ connection: any EchoConnection, peer: UnixAddress, id: Int, chunk: Int, transcript: Transcript) {
+    defer {
+        connection.close()
+        transcript.closed(id)
+    }
+    transcript.say("connection from \(peer.classicText)", client: id)
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 1)
+    defer { buffer.deallocate() }
+    do {
+        while true {
+            let (count, truncated) = try connection.receive(into: buffer)
+            let data = UnsafeRawBufferPointer(rebasing: buffer[..<count])
+            transcript.say("received \(pythonBytesLiteral(data))", client: id)
+            if count == 0 && !truncated {
+                transcript.say("no data from \(peer.classicText)", client: id)
+                return
+            }
+            if truncated {
+                report(SocketError("recvmsg", address: peer.description,
+                    code: .messageTruncated(length: nil, capacity: chunk)))
+            }
+            transcript.say("sending data back to the client", client: id)
+            try connection.sendAll(data)
+        }
+    } catch {
+        if !ShutdownSignals.received.load(ordering: .acquiring) { report(error) }
+    }
+}
+
+extension UnixAddress {
+    /// As Python prints a client address: empty for an unnamed client.
+    var classicText: String { kind == .unnamed ? "" : description }
+}
+
+/// The server's printed lines. While more than one client is connected, each
+/// line about a client names it, so concurrent transcripts can be told apart;
+/// with one client at a time the output is the classic transcript exactly.
+final class Transcript: Sendable {
+    let isQuiet: Bool
+    private let active = Mutex(0)
+
+    init(quiet: Bool) {
+        isQuiet = quiet
+    }
+
+    /// A line printed even with --quiet.
+    func always(_ line: String) {
+        Console.standardOutput.line(line)
+    }
+
+    func say(_ line: @autoclosure () -> String, client: Int? = nil) {
+        guard !isQuiet else { return }
+        let line = line()
+        active.withLock { active in
+            if let client, active > 1 {
+                Console.standardOutput.line("[client \(client)] \(line)")
+            } else {
+                Console.standardOutput.line(line)
+            }
+        }
+    }
+
+    func opened(_ client: Int) {
+        active.withLock { $0 += 1 }
+    }
+
+    func closed(_ client: Int) {
+        let idle = active.withLock { active in
+            active -= 1
+            return active == 0
+        }
+        if idle { say("waiting for a connection") }
+    }
+}
