@@ -3,6 +3,14 @@
 #endif
 #include "CUDSKit.h"
 
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+#ifdef __APPLE__
+#include <sys/un.h>
+#include <sys/ucred.h>
+#endif
+
 struct cmsghdr *cudskit_cmsg_firsthdr(const struct msghdr *message) {
     return CMSG_FIRSTHDR(message);
 }
@@ -27,4 +35,56 @@ size_t cudskit_cmsg_space(size_t payload) {
 int cudskit_accept4(int fd, struct sockaddr *address, socklen_t *length, int flags) {
     return accept4(fd, address, length, flags);
 }
+#endif
+
+int cudskit_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
+#if defined(__linux__)
+    struct ucred credentials;
+    socklen_t length = sizeof(credentials);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return -1;
+    *pid = credentials.pid;
+    *uid = credentials.uid;
+    *gid = credentials.gid;
+    return 0;
+#elif defined(__APPLE__)
+    if (getpeereid(fd, uid, gid) != 0) return -1;
+    pid_t peer = -1;
+    socklen_t length = sizeof(peer);
+    if (getsockopt(fd, SOL_LOCAL, LOCAL_PEERPID, &peer, &length) != 0) peer = -1;
+    *pid = peer;
+    return 0;
+#else
+    errno = ENOTSUP;
+    return -1;
+#endif
+}
+
+const int cudskit_scm_rights = SCM_RIGHTS;
+#if defined(__linux__)
+const int cudskit_scm_credentials = SCM_CREDENTIALS;
+const int cudskit_so_passcred = SO_PASSCRED;
+const int cudskit_msg_cmsg_cloexec = MSG_CMSG_CLOEXEC;
+
+void cudskit_read_ucred(const void *data, pid_t *pid, uid_t *uid, gid_t *gid) {
+    struct ucred credentials;
+    memcpy(&credentials, data, sizeof(credentials));
+    *pid = credentials.pid;
+    *uid = credentials.uid;
+    *gid = credentials.gid;
+}
+
+size_t cudskit_ucred_size(void) { return sizeof(struct ucred); }
+#else
+const int cudskit_scm_credentials = 0;
+const int cudskit_so_passcred = 0;
+const int cudskit_msg_cmsg_cloexec = 0;
+
+void cudskit_read_ucred(const void *data, pid_t *pid, uid_t *uid, gid_t *gid) {
+    (void)data;
+    *pid = -1;
+    *uid = (uid_t)-1;
+    *gid = (gid_t)-1;
+}
+
+size_t cudskit_ucred_size(void) { return 0; }
 #endif

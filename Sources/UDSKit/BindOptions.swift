@@ -15,6 +15,14 @@ public struct BindOptions: Sendable {
     /// after `bind`: keep the socket in a directory only its users can enter.
     public var permissions: FilePermissions?
 
+    /// The owner (user ID) of the socket file; `nil` keeps the process's.
+    /// Changing it to another user needs privilege.
+    public var owner: UInt32?
+
+    /// The group of the socket file; `nil` keeps the process's. A process may
+    /// choose any group it belongs to.
+    public var group: UInt32?
+
     /// Replace a socket file nobody listens on (a connect probe is refused).
     public var replaceStaleSocket: Bool
 
@@ -24,13 +32,20 @@ public struct BindOptions: Sendable {
     /// The listen backlog, for listeners; `nil` means the system's maximum, `SOMAXCONN`.
     public var backlog: Int?
 
+    /// When an owner or group is set, the socket file is created with owner-only
+    /// permissions, handed over, and only then given `permissions` (0660 if
+    /// `nil`), so nobody else can connect before it is theirs.
     public init(
         permissions: FilePermissions? = nil,
+        owner: UInt32? = nil,
+        group: UInt32? = nil,
         replaceStaleSocket: Bool = true,
         removeOnClose: Bool = true,
         backlog: Int? = nil
     ) {
         self.permissions = permissions
+        self.owner = owner
+        self.group = group
         self.replaceStaleSocket = replaceStaleSocket
         self.removeOnClose = removeOnClose
         self.backlog = backlog

@@ -26,7 +26,7 @@ public final class DatagramSocket: Sendable {
     /// ``StreamListener/bind(to:options:)``; the file is removed on close.
     public static func bind(to address: UnixAddress, options: BindOptions = BindOptions()) throws(SocketError) -> DatagramSocket {
         let handle = try SocketHandle.open(.datagram, operation: "bind", label: address.description)
-        let replaced = try Binding.bind(handle, to: address, kind: .datagram, options: options)
+        let replaced = try handle.bind(to: address, options: options)
         return DatagramSocket(handle: handle, replacedStaleSocket: replaced)
     }
 
@@ -102,12 +102,50 @@ public final class DatagramSocket: Sendable {
     /// Closes the socket once and removes the socket file it bound.
     public func close() throws(SocketError) { try handle.close() }
 
+    // MARK: Credentials and descriptor passing
+
+    /// Linux: every message received from now on carries its sender's
+    /// credentials, checked by the kernel (``ReceivedMessage/credentials``).
+    /// The corresponding C call is `setsockopt(SO_PASSCRED)`.
+    /// - Throws: `.system(.notSupported)` on other platforms.
+    public func setReceivesCredentials(_ on: Bool) throws(SocketError) {
+        try handle.setReceivesCredentials(on)
+    }
+
+    /// Sends one message with `descriptors` attached (`SCM_RIGHTS`), to `address`.
+    @discardableResult
+    public func send(_ buffer: UnsafeRawBufferPointer, descriptors: [CInt], to address: UnixAddress) throws(SocketError) -> Int {
+        try handle.send(buffer, descriptors: descriptors, to: address, needsData: false)
+    }
+
+    /// Sends one message with `descriptors` attached, to the connected address.
+    @discardableResult
+    public func send(_ buffer: UnsafeRawBufferPointer, descriptors: [CInt]) throws(SocketError) -> Int {
+        try handle.send(buffer, descriptors: descriptors, to: nil, needsData: false)
+    }
+
+    /// Receives one message, its sender and its descriptors (and any kept by plain receives).
+    public func receiveWithDescriptors(
+        into buffer: UnsafeMutableRawBufferPointer
+    ) throws(SocketError) -> (message: ReceivedMessage, descriptors: [ReceivedDescriptor]) {
+        try handle.receiveWithDescriptors(into: buffer, wantSender: true)
+    }
+
+    /// Whether plain reads keep descriptors that arrive with the data, for the
+    /// next `receiveWithDescriptors` (on by default, so none is lost unseen).
+    /// Turning it off makes plain reads a cheaper `recv`; the kernel then
+    /// closes descriptors a peer sends with data those reads consume.
+    public var keepsIncomingDescriptors: Bool {
+        get { handle.keepsDescriptors.load(ordering: .relaxed) }
+        set { handle.keepsDescriptors.store(newValue, ordering: .relaxed) }
+    }
+
     /// The descriptor, for use with other APIs; it stays owned by this socket.
     public var descriptor: CInt { handle.descriptor }
 }
 
 extension ReceivedMessage {
     init(count: Int, isTruncated: Bool) {
-        self.init(count: count, isTruncated: isTruncated, fullLength: nil, sender: nil)
+        self.init(count: count, isTruncated: isTruncated, fullLength: nil, sender: nil, credentials: nil)
     }
 }

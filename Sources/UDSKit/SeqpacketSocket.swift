@@ -6,23 +6,29 @@ public final class SeqpacketListener: Sendable {
     public let address: UnixAddress
     /// Whether binding removed a stale socket file first.
     public let replacedStaleSocket: Bool
+    /// Which peers ``accept()`` lets through.
+    public let accessPolicy: AccessPolicy
 
-    private init(handle: SocketHandle, address: UnixAddress, replacedStaleSocket: Bool) {
+    private init(handle: SocketHandle, address: UnixAddress, replacedStaleSocket: Bool, accessPolicy: AccessPolicy) {
         self.handle = handle
         self.address = address
         self.replacedStaleSocket = replacedStaleSocket
+        self.accessPolicy = accessPolicy
     }
 
     /// Binds to `address` and listens, with the safe-bind rules of ``StreamListener``.
-    public static func bind(to address: UnixAddress, options: BindOptions = BindOptions()) throws(SocketError) -> SeqpacketListener {
+    public static func bind(
+        to address: UnixAddress, options: BindOptions = BindOptions(),
+        admitting accessPolicy: AccessPolicy = .everyone
+    ) throws(SocketError) -> SeqpacketListener {
         let handle = try SocketHandle.open(.seqpacket, operation: "bind", label: address.description)
-        let replaced = try handle.bindAndListen(to: address, kind: .seqpacket, options: options)
-        return SeqpacketListener(handle: handle, address: address, replacedStaleSocket: replaced)
+        let replaced = try handle.bindAndListen(to: address, options: options)
+        return SeqpacketListener(handle: handle, address: address, replacedStaleSocket: replaced, accessPolicy: accessPolicy)
     }
 
     /// Waits for the next connection. The corresponding C function is `accept4`.
     public func accept() throws(SocketError) -> (connection: SeqpacketSocket, peer: UnixAddress) {
-        let (connection, peer) = try handle.accept()
+        let (connection, peer) = try handle.accept(admitting: accessPolicy)
         return (SeqpacketSocket(handle: connection), peer)
     }
 
@@ -51,7 +57,7 @@ public final class SeqpacketSocket: Sendable {
     ) throws(SocketError) -> SeqpacketSocket {
         let handle = try SocketHandle.open(.seqpacket, operation: "connect", label: address.description)
         if let localAddress {
-            _ = try Binding.bind(handle, to: localAddress, kind: .seqpacket, options: bindOptions)
+            _ = try handle.bind(to: localAddress, options: bindOptions)
         }
         try handle.connect(to: address)
         return SeqpacketSocket(handle: handle)
@@ -114,6 +120,44 @@ public final class SeqpacketSocket: Sendable {
 
     /// Closes the socket once; later calls do nothing.
     public func close() throws(SocketError) { try handle.close() }
+
+    // MARK: Credentials and descriptor passing
+
+    /// The peer's process, user and group IDs, as the kernel recorded them at
+    /// connect time. The corresponding C call is `getsockopt(SO_PEERCRED)` on
+    /// Linux, `getpeereid` and `LOCAL_PEERPID` on macOS.
+    public func peerCredentials() throws(SocketError) -> PeerCredentials {
+        try handle.peerCredentials()
+    }
+
+    /// Sends one message with `descriptors` attached (`SCM_RIGHTS`).
+    /// - Throws: `.invalidArgument` for an empty message, `.tooManyDescriptors` past 253.
+    @discardableResult
+    public func send(_ buffer: UnsafeRawBufferPointer, descriptors: [CInt]) throws(SocketError) -> Int {
+        try handle.send(buffer, descriptors: descriptors, to: nil, needsData: true)
+    }
+
+    /// Sends one message with `descriptors` attached.
+    @discardableResult
+    public func send(_ bytes: some Sequence<UInt8>, descriptors: [CInt]) throws(SocketError) -> Int {
+        try withContiguousBytes(bytes) { (buffer) throws(SocketError) in try send(buffer, descriptors: descriptors) }
+    }
+
+    /// Receives one message with its descriptors (and any kept by plain receives).
+    public func receiveWithDescriptors(
+        into buffer: UnsafeMutableRawBufferPointer
+    ) throws(SocketError) -> (message: ReceivedMessage, descriptors: [ReceivedDescriptor]) {
+        try handle.receiveWithDescriptors(into: buffer, wantSender: false)
+    }
+
+    /// Whether plain reads keep descriptors that arrive with the data, for the
+    /// next `receiveWithDescriptors` (on by default, so none is lost unseen).
+    /// Turning it off makes plain reads a cheaper `recv`; the kernel then
+    /// closes descriptors a peer sends with data those reads consume.
+    public var keepsIncomingDescriptors: Bool {
+        get { handle.keepsDescriptors.load(ordering: .relaxed) }
+        set { handle.keepsDescriptors.store(newValue, ordering: .relaxed) }
+    }
 
     /// The descriptor, for use with other APIs; it stays owned by this socket.
     public var descriptor: CInt { handle.descriptor }

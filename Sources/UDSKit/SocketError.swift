@@ -38,6 +38,17 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
         /// A message did not fit in the buffer and was cut; `length` is its full
         /// length where the platform reports it.
         case messageTruncated(length: Int?, capacity: Int)
+        /// An argument the operation cannot use.
+        case invalidArgument(String)
+        /// More descriptors than one message can carry.
+        case tooManyDescriptors(count: Int, limit: Int)
+        /// The sender attached more descriptors than there was room for
+        /// (`MSG_CTRUNC`); every one that did arrive was closed.
+        case descriptorsTruncated
+        /// Descriptors arrived with data read by a plain read, more than a
+        /// socket keeps for a later ``StreamSocket/receiveWithDescriptors(into:)``;
+        /// the excess was closed.
+        case descriptorsDiscarded(count: Int)
         /// This platform lacks the feature (seqpacket or abstract names on macOS).
         case unsupported(String)
     }
@@ -92,6 +103,13 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
         case .messageTruncated(let length, let capacity):
             let size = length.map { "\($0) bytes" } ?? "longer"
             return "message truncated: it was \(size), the buffer holds \(capacity)"
+        case .invalidArgument(let why): return why
+        case .tooManyDescriptors(let count, let limit):
+            return "\(count) descriptors in one message; the limit is \(limit)"
+        case .descriptorsTruncated:
+            return "the sender attached more descriptors than there was room for; those that arrived were closed"
+        case .descriptorsDiscarded(let count):
+            return "\(count) descriptors arrived with plain reads and were never taken; they were closed"
         case .unsupported(let what): return "\(what) not supported on this platform"
         }
     }

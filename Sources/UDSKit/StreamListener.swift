@@ -15,11 +15,14 @@ public final class StreamListener: Sendable {
     public let address: UnixAddress
     /// Whether binding removed a stale socket file first.
     public let replacedStaleSocket: Bool
+    /// Which peers ``accept()`` lets through.
+    public let accessPolicy: AccessPolicy
 
-    private init(handle: SocketHandle, address: UnixAddress, replacedStaleSocket: Bool) {
+    private init(handle: SocketHandle, address: UnixAddress, replacedStaleSocket: Bool, accessPolicy: AccessPolicy) {
         self.handle = handle
         self.address = address
         self.replacedStaleSocket = replacedStaleSocket
+        self.accessPolicy = accessPolicy
     }
 
     /// Binds to `address` and listens.
@@ -27,12 +30,16 @@ public final class StreamListener: Sendable {
     /// The corresponding C functions are `socket`, `bind` and `listen`.
     /// - Parameters:
     ///   - address: A path or an abstract name.
-    ///   - options: Mode of the socket file, stale-file policy, backlog.
+    ///   - options: Mode, owner and group of the socket file, stale-file policy, backlog.
+    ///   - accessPolicy: Which peers ``accept()`` lets through; others are closed at once.
     /// - Throws: ``SocketError`` naming `bind` or `listen` and the address.
-    public static func bind(to address: UnixAddress, options: BindOptions = BindOptions()) throws(SocketError) -> StreamListener {
+    public static func bind(
+        to address: UnixAddress, options: BindOptions = BindOptions(),
+        admitting accessPolicy: AccessPolicy = .everyone
+    ) throws(SocketError) -> StreamListener {
         let handle = try SocketHandle.open(.stream, operation: "bind", label: address.description)
-        let replaced = try handle.bindAndListen(to: address, kind: .stream, options: options)
-        return StreamListener(handle: handle, address: address, replacedStaleSocket: replaced)
+        let replaced = try handle.bindAndListen(to: address, options: options)
+        return StreamListener(handle: handle, address: address, replacedStaleSocket: replaced, accessPolicy: accessPolicy)
     }
 
     /// Waits for the next connection.
@@ -41,7 +48,7 @@ public final class StreamListener: Sendable {
     /// - Returns: The connection, close-on-exec, and the peer's address
     ///   (``UnixAddress/unnamed`` unless the client bound one).
     public func accept() throws(SocketError) -> (connection: StreamSocket, peer: UnixAddress) {
-        let (connection, peer) = try handle.accept()
+        let (connection, peer) = try handle.accept(admitting: accessPolicy)
         return (StreamSocket(handle: connection), peer)
     }
 

@@ -28,7 +28,7 @@ public final class StreamSocket: Sendable {
     ) throws(SocketError) -> StreamSocket {
         let handle = try SocketHandle.open(.stream, operation: "connect", label: address.description)
         if let localAddress {
-            _ = try Binding.bind(handle, to: localAddress, kind: .stream, options: bindOptions)
+            _ = try handle.bind(to: localAddress, options: bindOptions)
         }
         try handle.connect(to: address)
         return StreamSocket(handle: handle)
@@ -121,6 +121,50 @@ public final class StreamSocket: Sendable {
     /// Closes the socket, once; later calls do nothing. Removes the file of an
     /// address bound with ``connect(to:from:bindOptions:)``.
     public func close() throws(SocketError) { try handle.close() }
+
+    // MARK: Credentials and descriptor passing
+
+    /// The peer's process, user and group IDs, as the kernel recorded them at
+    /// connect time. The corresponding C call is `getsockopt(SO_PEERCRED)` on
+    /// Linux, `getpeereid` and `LOCAL_PEERPID` on macOS.
+    public func peerCredentials() throws(SocketError) -> PeerCredentials {
+        try handle.peerCredentials()
+    }
+
+    /// Writes every byte of `buffer`, with `descriptors` riding on the first
+    /// bytes (`SCM_RIGHTS`). The descriptors stay open here; the peer gets
+    /// its own copies.
+    /// - Throws: `.invalidArgument` for an empty buffer (a stream needs a byte
+    ///   to carry them), `.tooManyDescriptors` past 253.
+    public func writeAll(_ buffer: UnsafeRawBufferPointer, descriptors: [CInt]) throws(SocketError) {
+        let first = try handle.send(buffer, descriptors: descriptors, to: nil, needsData: true)
+        try handle.writeAll(UnsafeRawBufferPointer(rebasing: buffer[first...]))
+    }
+
+    /// Writes every byte, with `descriptors` riding on the first.
+    public func writeAll(_ bytes: some Sequence<UInt8>, descriptors: [CInt]) throws(SocketError) {
+        try withContiguousBytes(bytes) { (buffer) throws(SocketError) in try writeAll(buffer, descriptors: descriptors) }
+    }
+
+    /// Reads what has arrived, with the descriptors that came with it and any
+    /// that earlier plain reads kept. A read stops where descriptors are
+    /// attached, so they come with the bytes they were sent with.
+    /// - Throws: `.descriptorsTruncated` if the sender attached more than 253.
+    public func receiveWithDescriptors(
+        into buffer: UnsafeMutableRawBufferPointer
+    ) throws(SocketError) -> (count: Int, descriptors: [ReceivedDescriptor]) {
+        let (message, descriptors) = try handle.receiveWithDescriptors(into: buffer, wantSender: false)
+        return (message.count, descriptors)
+    }
+
+    /// Whether plain reads keep descriptors that arrive with the data, for the
+    /// next `receiveWithDescriptors` (on by default, so none is lost unseen).
+    /// Turning it off makes plain reads a cheaper `recv`; the kernel then
+    /// closes descriptors a peer sends with data those reads consume.
+    public var keepsIncomingDescriptors: Bool {
+        get { handle.keepsDescriptors.load(ordering: .relaxed) }
+        set { handle.keepsDescriptors.store(newValue, ordering: .relaxed) }
+    }
 
     /// The descriptor, for use with other APIs; it stays owned by this socket.
     public var descriptor: CInt { handle.descriptor }

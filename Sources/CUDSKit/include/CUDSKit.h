@@ -14,6 +14,22 @@ unsigned char *cudskit_cmsg_data(struct cmsghdr *header);
 size_t cudskit_cmsg_len(size_t payload);
 size_t cudskit_cmsg_space(size_t payload);
 
+// The peer of a connected socket: Linux SO_PEERCRED; Darwin getpeereid and
+// LOCAL_PEERPID. `*pid` is -1 where the platform cannot tell. Returns 0 or -1
+// with errno set.
+int cudskit_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
+
+// Control-message constants that glibc hides behind _GNU_SOURCE; 0 where the
+// platform lacks them.
+extern const int cudskit_scm_rights;
+extern const int cudskit_scm_credentials;
+extern const int cudskit_so_passcred;
+extern const int cudskit_msg_cmsg_cloexec;
+
+// Reads the pid/uid/gid of an SCM_CREDENTIALS payload (Linux `struct ucred`).
+void cudskit_read_ucred(const void *data, pid_t *pid, uid_t *uid, gid_t *gid);
+size_t cudskit_ucred_size(void);
+
 #ifdef __linux__
 // accept4 needs _GNU_SOURCE, which the Glibc module is not built with.
 int cudskit_accept4(int fd, struct sockaddr *address, socklen_t *length, int flags);

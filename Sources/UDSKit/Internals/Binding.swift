@@ -32,6 +32,13 @@ enum ProbeResult: Equatable {
     case failed(Errno)
 }
 
+extension SocketHandle {
+    /// Binds safely; see ``Binding/bind(_:to:options:)``.
+    func bind(to address: UnixAddress, options: BindOptions) throws(SocketError) -> Bool {
+        try Binding.bind(self, to: address, options: options)
+    }
+}
+
 enum Binding {
     /// Probes the socket file at `address` with a non-blocking connect of the
     /// given kind. Refused means stale; connected, a full backlog (EAGAIN) or a
@@ -56,7 +63,7 @@ enum Binding {
     /// Binds `handle` to `address` safely; returns whether a stale socket file
     /// was replaced. Never removes a live socket or a file that is not a socket.
     static func bind(
-        _ handle: SocketHandle, to address: UnixAddress, kind: SocketKind, options: BindOptions
+        _ handle: SocketHandle, to address: UnixAddress, options: BindOptions
     ) throws(SocketError) -> Bool {
         let shown = address.description
         let fd = handle.descriptor
@@ -67,8 +74,12 @@ enum Binding {
             throw SocketError("bind", address: shown, code: .invalidAddress("cannot bind to an unnamed address"))
         }
         handle.currentLabel = shown
-        if let permissions = options.permissions, address.kind == .path {
-            if case .failure(let errno) = Sys.presetBindMode(fd, permissions.rawValue) {
+        let handsOver = options.owner != nil || options.group != nil
+        let finalMode = options.permissions ?? (handsOver ? [.ownerReadWrite, .groupReadWrite] : nil)
+        if let finalMode, address.kind == .path {
+            // While the file still belongs to us, only we may use it.
+            let initial = handsOver ? finalMode.rawValue & 0o700 : finalMode.rawValue
+            if case .failure(let errno) = Sys.presetBindMode(fd, initial) {
                 throw failure(.system(errno))
             }
         }
@@ -94,7 +105,7 @@ enum Binding {
             let type = FileType(mode: before.st_mode)
             guard type == .socket else { throw failure(.notASocket(type)) }
 
-            switch probe(address, kind: kind) {
+            switch probe(address, kind: handle.kind) {
             case .live: throw failure(.addressInUse)
             case .failed(let errno): throw SocketError("probe", address: shown, errno: errno)
             case .stale:
@@ -110,10 +121,21 @@ enum Binding {
             }
         }
 
-        guard let path = address.path else { return replacedStale }
-        guard let file = BoundFile(path: path) else { return replacedStale }
-        if let permissions = options.permissions {
-            try applyMode(permissions, to: file, shown: shown)
+        guard let path = address.path, let file = BoundFile(path: path) else { return replacedStale }
+        do throws(SocketError) {
+            if handsOver && file.isStillOurs() {
+                // lchown never follows a symbolic link someone put in our place.
+                let user = options.owner.map { uid_t($0) } ?? uid_t.max
+                let group = options.group.map { gid_t($0) } ?? gid_t.max
+                if case .failure(let errno) = Sys.changeOwner(path: path, user: user, group: group) {
+                    throw SocketError("chown", address: shown, errno: errno)
+                }
+            }
+            if let finalMode { try applyMode(finalMode, to: file, shown: shown) }
+        } catch {
+            // The bind as asked did not happen: leave no socket file behind.
+            file.removeIfStillOurs()
+            throw error
         }
         if options.removeOnClose { handle.adoptBoundFile(file) }
         return replacedStale

@@ -16,7 +16,7 @@ extension SocketHandle {
             throw SocketError(operation, address: label, code: .unsupported("seqpacket sockets are"))
         }
         switch Sys.socket(kind: kind) {
-        case .success(let fd): return SocketHandle(descriptor: fd, label: label)
+        case .success(let fd): return SocketHandle(descriptor: fd, kind: kind, label: label)
         case .failure(let errno): throw SocketError("socket", address: label, errno: errno)
         }
     }
@@ -27,7 +27,9 @@ extension SocketHandle {
         }
         switch Sys.socketPair(kind: kind) {
         case .success(let (first, second)):
-            return (SocketHandle(descriptor: first, label: "socketpair"), SocketHandle(descriptor: second, label: "socketpair"))
+            return (
+                SocketHandle(descriptor: first, kind: kind, label: "socketpair"),
+                SocketHandle(descriptor: second, kind: kind, label: "socketpair"))
         case .failure(let errno):
             throw SocketError("socketpair", errno: errno)
         }
@@ -91,9 +93,14 @@ extension SocketHandle {
         try call("setsockopt") { Sys.setTimeout($0, receive: receive, duration) }
     }
 
+    /// Reads stream data. While the socket keeps descriptors, this is a
+    /// `recvmsg` that holds on to any descriptors riding on the data.
     @inline(__always)
     func read(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> Int {
-        try call("read") { Sys.receive($0, buffer) }
+        if keepsDescriptors.load(ordering: .relaxed) {
+            return try receiveMessage(into: buffer, wantSender: false).count
+        }
+        return try call("read") { Sys.receive($0, buffer) }
     }
 
     @inline(__always)
@@ -123,37 +130,101 @@ extension SocketHandle {
     }
 
     /// Receives one message and, if asked, its sender; reports truncation.
+    /// Descriptors that come with it are kept for `receiveWithDescriptors`.
     func receiveMessage(
         into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool
     ) throws(SocketError) -> ReceivedMessage {
-        try withDescriptor("recvmsg") { (fd) throws(SocketError) in
-            var storage = sockaddr_un()
-            var message = msghdr()
-            var vector = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
-            let received: Result<Int, Errno> = withUnsafeMutablePointer(to: &storage) { name in
-                withUnsafeMutablePointer(to: &vector) { vectorPointer in
-                    if wantSender {
-                        message.msg_name = UnsafeMutableRawPointer(name)
-                        message.msg_namelen = socklen_t(MemoryLayout<sockaddr_un>.size)
-                    }
-                    message.msg_iov = vectorPointer
-                    message.msg_iovlen = 1
-                    return Sys.receiveMessage(fd, &message, flags: Sys.reportFullLengthFlag)
-                }
-            }
-            switch received {
-            case .failure(let errno):
-                throw error("recvmsg", errno)
-            case .success(let length):
-                let truncated = message.msg_flags & Sys.truncatedFlag != 0
-                let sender = wantSender ? UnixAddress(storage: storage, length: message.msg_namelen) : nil
-                return ReceivedMessage(
-                    count: min(length, buffer.count),
-                    isTruncated: truncated,
-                    fullLength: truncated && Sys.reportFullLengthFlag != 0 ? length : nil,
-                    sender: sender)
+        let capacity = keepsDescriptors.load(ordering: .relaxed) ? ControlMessages.maximumDescriptors : 0
+        let (message, descriptors) = try receive(into: buffer, wantSender: wantSender, descriptorCapacity: capacity)
+        if !descriptors.isEmpty { keep(descriptors) }
+        return message
+    }
+
+    /// Receives one message with the descriptors that came with it, after any
+    /// that earlier plain reads kept.
+    func receiveWithDescriptors(
+        into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool
+    ) throws(SocketError) -> (ReceivedMessage, [ReceivedDescriptor]) {
+        keepsDescriptors.store(true, ordering: .relaxed)
+        let earlier = try takeKept()
+        let (message, descriptors) = try receive(
+            into: buffer, wantSender: wantSender, descriptorCapacity: ControlMessages.maximumDescriptors)
+        return (message, earlier + descriptors)
+    }
+
+    /// One `recvmsg`, with room for `descriptorCapacity` descriptors and, if
+    /// enabled, credentials. Every descriptor is owned at once, so an error
+    /// thrown here closes them.
+    private func receive(
+        into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool, descriptorCapacity: Int
+    ) throws(SocketError) -> (ReceivedMessage, [ReceivedDescriptor]) {
+        let credentials = receivesCredentials.load(ordering: .relaxed)
+        let received = try call("recvmsg") {
+            ControlMessages.receive(
+                $0, into: buffer, descriptorCapacity: descriptorCapacity, credentials: credentials,
+                wantSender: wantSender, messages: kind != .stream)
+        }
+        let descriptors = received.descriptors.map(ReceivedDescriptor.init)
+        if received.flags & Sys.controlTruncatedFlag != 0 && (descriptorCapacity > 0 || !descriptors.isEmpty) {
+            descriptors.forEach { $0.close() }
+            throw error("recvmsg", code: .descriptorsTruncated)
+        }
+        let truncated = received.flags & Sys.truncatedFlag != 0
+        let message = ReceivedMessage(
+            count: min(received.count, buffer.count),
+            isTruncated: truncated,
+            fullLength: truncated && Sys.reportFullLengthFlag != 0 && kind != .stream ? received.count : nil,
+            sender: received.sender,
+            credentials: received.credentials)
+        return (message, descriptors)
+    }
+
+    private func keep(_ descriptors: [ReceivedDescriptor]) {
+        kept.withLock { kept in
+            let room = max(0, KeptDescriptors.limit - kept.descriptors.count)
+            kept.descriptors += descriptors.prefix(room)
+            for extra in descriptors.dropFirst(room) {
+                extra.close()
+                kept.discarded += 1
             }
         }
+    }
+
+    /// The kept descriptors; throws once if some had to be closed for lack of room.
+    func takeKept() throws(SocketError) -> [ReceivedDescriptor] {
+        let (descriptors, discarded) = kept.withLock { kept in
+            defer { kept = KeptDescriptors() }
+            return (kept.descriptors, kept.discarded)
+        }
+        if discarded > 0 {
+            descriptors.forEach { $0.close() }
+            throw error("recvmsg", code: .descriptorsDiscarded(count: discarded))
+        }
+        return descriptors
+    }
+
+    /// Sends `buffer` with `descriptors` attached, to `address` if given.
+    func send(
+        _ buffer: UnsafeRawBufferPointer, descriptors: [CInt], to address: UnixAddress?, needsData: Bool
+    ) throws(SocketError) -> Int {
+        if descriptors.count > ControlMessages.maximumDescriptors {
+            throw error("sendmsg", code: .tooManyDescriptors(count: descriptors.count, limit: ControlMessages.maximumDescriptors))
+        }
+        if needsData && buffer.isEmpty && !descriptors.isEmpty {
+            throw error("sendmsg", code: .invalidArgument("descriptors need at least one byte of data to travel with"))
+        }
+        return try call("sendmsg") { ControlMessages.send($0, buffer, descriptors: descriptors, to: address) }
+    }
+
+    /// The peer's credentials. The corresponding C call is `getsockopt(SO_PEERCRED)`
+    /// on Linux, `getpeereid` and `LOCAL_PEERPID` on Darwin.
+    func peerCredentials() throws(SocketError) -> PeerCredentials {
+        try call("getpeercred") { Sys.peerCredentials($0) }
+    }
+
+    func setReceivesCredentials(_ on: Bool) throws(SocketError) {
+        try call("setsockopt(SO_PASSCRED)") { Sys.setPassCredentials($0, on) }
+        receivesCredentials.store(on, ordering: .relaxed)
     }
 
     func send(_ buffer: UnsafeRawBufferPointer, to address: UnixAddress) throws(SocketError) -> Int {
@@ -188,15 +259,31 @@ public struct ReceivedMessage: Hashable, Sendable {
     public var fullLength: Int?
     /// The sender's address (datagrams); `nil` on connection-oriented sockets.
     public var sender: UnixAddress?
+    /// The sender's credentials, checked by the kernel, when the socket asked
+    /// for them (Linux `SO_PASSCRED`).
+    public var credentials: PeerCredentials?
 }
 
 extension SocketHandle {
     /// Binds and listens; returns whether a stale socket file was replaced.
-    func bindAndListen(to address: UnixAddress, kind: SocketKind, options: BindOptions) throws(SocketError) -> Bool {
-        let replaced = try Binding.bind(self, to: address, kind: kind, options: options)
+    func bindAndListen(to address: UnixAddress, options: BindOptions) throws(SocketError) -> Bool {
+        let replaced = try self.bind(to: address, options: options)
         let backlog = options.backlog.map { CInt(clamping: $0) } ?? Platform.defaultBacklog
         try call("listen") { Sys.listen($0, backlog: backlog) }
         return replaced
+    }
+
+    /// Accepts the next connection the policy admits; refused peers are told
+    /// to the policy's handler and closed at once.
+    func accept(admitting policy: AccessPolicy) throws(SocketError) -> (SocketHandle, UnixAddress) {
+        while true {
+            let (connection, peer) = try accept()
+            guard let admits = policy.admits else { return (connection, peer) }
+            let credentials = try connection.peerCredentials()
+            if admits(credentials) { return (connection, peer) }
+            try? connection.close()
+            policy.onRefusal?(credentials)
+        }
     }
 
     /// Accepts one connection: a new handle, close-on-exec, and the peer's address.
@@ -210,7 +297,7 @@ extension SocketHandle {
                 }
             }
         }
-        return (SocketHandle(descriptor: accepted, label: currentLabel), peer)
+        return (SocketHandle(descriptor: accepted, kind: kind, label: currentLabel), peer)
     }
 }
 

@@ -10,15 +10,24 @@ import SystemPackage
 /// a running call (Go's `fdMutex` solves the same race).
 final class SocketHandle: Sendable {
     let descriptor: CInt
+    let kind: SocketKind
     /// Bit 0: closed. The rest: the number of operations running, times two.
     private let state = Atomic<Int>(0)
     /// The path this socket created by binding, removed when it closes.
     private let boundFile = Mutex<BoundFile?>(nil)
     /// What errors name: the address the socket is bound or connected to.
     private let label: Mutex<String?>
+    /// Plain reads use `recvmsg` and keep descriptors that arrive with the data,
+    /// so that a read cannot swallow the byte that carried them and lose them.
+    let keepsDescriptors = Atomic<Bool>(true)
+    /// Linux `SO_PASSCRED` is on: messages carry their sender's credentials.
+    let receivesCredentials = Atomic<Bool>(false)
+    /// Descriptors kept from plain reads, and how many were closed for lack of room.
+    let kept = Mutex<KeptDescriptors>(KeptDescriptors())
 
-    init(descriptor: CInt, label: String? = nil) {
+    init(descriptor: CInt, kind: SocketKind, label: String? = nil) {
         self.descriptor = descriptor
+        self.kind = kind
         self.label = Mutex(label)
     }
 
@@ -117,6 +126,14 @@ final class SocketHandle: Sendable {
     private func finishClose() {
         _ = Sys.close(descriptor)
     }
+}
+
+/// Descriptors that came with data a plain read returned, held for the next
+/// `receiveWithDescriptors`, up to one full message's worth.
+struct KeptDescriptors: Sendable {
+    static let limit = ControlMessages.maximumDescriptors
+    var descriptors: [ReceivedDescriptor] = []
+    var discarded = 0
 }
 
 /// A socket file this process created by `bind`, identified by device and inode,

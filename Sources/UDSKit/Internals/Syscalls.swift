@@ -321,6 +321,29 @@ enum Sys {
     }
 
     static var processID: pid_t { getpid() }
+
+    /// Marks a received descriptor close-on-exec. Linux did it atomically
+    /// (`MSG_CMSG_CLOEXEC`); Darwin has no such flag, so there is a window.
+    static func markCloseOnExec(_ fd: CInt) {
+        #if !os(Linux)
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        #endif
+    }
+
+    static func peerCredentials(_ fd: CInt) -> Result<PeerCredentials, Errno> {
+        var pid: pid_t = -1
+        var uid: uid_t = 0
+        var gid: gid_t = 0
+        return nothingOrErrno { cudskit_peer_credentials(fd, &pid, &uid, &gid) }.map {
+            PeerCredentials(processID: pid >= 0 ? pid : nil, userID: uid, groupID: gid)
+        }
+    }
+
+    /// Linux `SO_PASSCRED`: each received datagram carries its sender's credentials.
+    static func setPassCredentials(_ fd: CInt, _ on: Bool) -> Result<Void, Errno> {
+        guard cudskit_so_passcred != 0 else { return .failure(.notSupported) }
+        return setOption(fd, level: CInt(SOL_SOCKET), name: cudskit_so_passcred, CInt(on ? 1 : 0))
+    }
 }
 
 // Aliases keep the C spellings out of the forwarders above, where a Swift
