@@ -21,6 +21,7 @@ struct EchoServer: ParsableCommand {
               uds echo-server /tmp/echo.sock --mode 600
               uds echo-server @echo --type seqpacket
               uds echo-server ./uds_socket --type dgram --chunk 16
+              uds echo-server @private --allow-uid 1000 --show-peer
             """
     )
 
@@ -39,6 +40,15 @@ struct EchoServer: ParsableCommand {
     @Flag(help: "Print only the start-up line and errors.")
     var quiet = false
 
+    @Option(name: .customLong("allow-uid"), help: "Admit only peers with this user ID (repeatable; with --allow-gid, either may match).")
+    var allowedUserIDs: [UInt32] = []
+
+    @Option(name: .customLong("allow-gid"), help: "Admit only peers with this primary group ID (repeatable).")
+    var allowedGroupIDs: [UInt32] = []
+
+    @Flag(help: "Print each client's pid, uid and gid (and on Linux its command name).")
+    var showPeer = false
+
     func validate() throws {
         guard chunk > 0 else { throw ValidationError("--chunk must be at least 1") }
     }
@@ -46,12 +56,13 @@ struct EchoServer: ParsableCommand {
     func run() throws {
         let address = try parseAddress(address)
         let options = BindOptions(permissions: mode?.permissions)
+        let access = accessPolicy
         let transcript = Transcript(quiet: quiet)
         transcript.always("starting up on \(address)")
         do {
             switch type {
             case .stream:
-                let listener = try StreamListener.bind(to: address, options: options)
+                let listener = try StreamListener.bind(to: address, options: options, admitting: access)
                 try serveConnections(
                     replacedStale: listener.replacedStaleSocket,
                     accept: { () throws(SocketError) in
@@ -60,7 +71,7 @@ struct EchoServer: ParsableCommand {
                     },
                     close: { try? listener.close() }, transcript: transcript)
             case .seqpacket:
-                let listener = try SeqpacketListener.bind(to: address, options: options)
+                let listener = try SeqpacketListener.bind(to: address, options: options, admitting: access)
                 try serveConnections(
                     replacedStale: listener.replacedStaleSocket,
                     accept: { () throws(SocketError) in
@@ -75,6 +86,14 @@ struct EchoServer: ParsableCommand {
         } catch {
             report(error)
             throw ExitCode.failure
+        }
+    }
+
+    /// Everyone, unless --allow-uid or --allow-gid narrow it; refusals are logged.
+    private var accessPolicy: AccessPolicy {
+        if allowedUserIDs.isEmpty && allowedGroupIDs.isEmpty { return .everyone }
+        return .users(Set(allowedUserIDs), groups: Set(allowedGroupIDs)) { refused in
+            Console.standardError.line("uds: refused a connection from \(describe(refused)): not an allowed uid or gid")
         }
     }
 
@@ -118,8 +137,9 @@ struct EchoServer: ParsableCommand {
             let id = nextID
             transcript.opened(id)
             let chunk = self.chunk
+            let showPeer = self.showPeer
             Thread.detachNewThread {
-                echo(connection, peer: peer, id: id, chunk: chunk, transcript: transcript)
+                echo(connection, peer: peer, id: id, chunk: chunk, showPeer: showPeer, transcript: transcript)
             }
         }
     }
@@ -165,6 +185,7 @@ protocol EchoConnection: Sendable {
     /// Reads up to `chunk` bytes (one message for seqpacket); empty at the end.
     func receive(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> (count: Int, truncated: Bool)
     func sendAll(_ buffer: UnsafeRawBufferPointer) throws(SocketError)
+    func peerCredentials() -> PeerCredentials?
     func close()
 }
 
@@ -174,6 +195,7 @@ struct StreamEchoConnection: EchoConnection {
         (try socket.read(into: buffer), false)
     }
     func sendAll(_ buffer: UnsafeRawBufferPointer) throws(SocketError) { try socket.writeAll(buffer) }
+    func peerCredentials() -> PeerCredentials? { try? socket.peerCredentials() }
     func close() { try? socket.close() }
 }
 
@@ -184,16 +206,23 @@ struct SeqpacketEchoConnection: EchoConnection {
         return (receipt.count, receipt.isTruncated)
     }
     func sendAll(_ buffer: UnsafeRawBufferPointer) throws(SocketError) { try socket.send(buffer) }
+    func peerCredentials() -> PeerCredentials? { try? socket.peerCredentials() }
     func close() { try? socket.close() }
 }
 
 /// Serves one connection the way the classic server does: print, echo, repeat.
-private func echo(_ connection: any EchoConnection, peer: UnixAddress, id: Int, chunk: Int, transcript: Transcript) {
+private func echo(
+    _ connection: any EchoConnection, peer: UnixAddress, id: Int, chunk: Int, showPeer: Bool, transcript: Transcript
+) {
     defer {
         connection.close()
         transcript.closed(id)
     }
     transcript.say("connection from \(peer.classicText)", client: id)
+    if showPeer {
+        let credentials = connection.peerCredentials()
+        transcript.say("peer \(credentials.map(describe) ?? "credentials unavailable")", client: id)
+    }
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 1)
     defer { buffer.deallocate() }
     do {
@@ -215,6 +244,20 @@ private func echo(_ connection: any EchoConnection, peer: UnixAddress, id: Int, 
     } catch {
         if !ShutdownSignals.received.load(ordering: .acquiring) { report(error) }
     }
+}
+
+/// `pid=1234 uid=1000 gid=1000 command=python3`: the command name only on
+/// Linux, where /proc tells it.
+func describe(_ credentials: PeerCredentials) -> String {
+    var text = credentials.description
+    #if os(Linux)
+    if let pid = credentials.processID,
+        let name = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)
+    {
+        text += " command=" + name.trimmingCharacters(in: .newlines)
+    }
+    #endif
+    return text
 }
 
 extension UnixAddress {
