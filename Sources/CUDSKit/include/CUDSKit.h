@@ -31,6 +31,9 @@ void cudskit_read_ucred(const void *data, pid_t *pid, uid_t *uid, gid_t *gid);
 size_t cudskit_ucred_size(void);
 
 #ifdef __linux__
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+
 // accept4 needs _GNU_SOURCE, which the Glibc module is not built with.
 int cudskit_accept4(int fd, struct sockaddr *address, socklen_t *length, int flags);
 #endif

@@ -43,6 +43,9 @@ enum Binding {
     /// Probes the socket file at `address` with a non-blocking connect of the
     /// given kind. Refused means stale; connected, a full backlog (EAGAIN) or a
     /// socket of another type (EPROTOTYPE) all mean someone holds it.
+    /// `bind` probes with a datagram socket: it finds a live datagram socket
+    /// without touching it and a listener by EPROTOTYPE, where a stream probe
+    /// would leave a dead connection in the live server's accept queue.
     static func probe(_ address: UnixAddress, kind: SocketKind) -> ProbeResult {
         let fd: CInt
         switch Sys.socket(kind: kind, nonBlocking: true) {
@@ -94,7 +97,8 @@ enum Binding {
             guard case .failure(let errno) = bound else { break }
             guard errno == .addressInUse, passes < 5 else { throw failure(.system(errno)) }
             // An abstract name vanishes with its socket: in use means live.
-            guard let path = address.path else { throw failure(.addressInUse) }
+            guard address.kind == .path else { throw failure(.addressInUse) }
+            let path = address.bytes
 
             let before: stat
             switch Sys.fileStatus(path: path) {
@@ -105,7 +109,7 @@ enum Binding {
             let type = FileType(mode: before.st_mode)
             guard type == .socket else { throw failure(.notASocket(type)) }
 
-            switch probe(address, kind: handle.kind) {
+            switch probe(address, kind: .datagram) {
             case .live: throw failure(.addressInUse)
             case .failed(let errno): throw SocketError("probe", address: shown, errno: errno)
             case .stale:
@@ -121,7 +125,8 @@ enum Binding {
             }
         }
 
-        guard let path = address.path, let file = BoundFile(path: path) else { return replacedStale }
+        guard address.kind == .path, let file = BoundFile(path: address.bytes) else { return replacedStale }
+        let path = address.bytes
         do throws(SocketError) {
             if handsOver && file.isStillOurs() {
                 // lchown never follows a symbolic link someone put in our place.

@@ -11,11 +11,13 @@ import SystemPackage
 // forward to them in one line each.
 
 extension SocketHandle {
-    static func open(_ kind: SocketKind, operation: String, label: String?) throws(SocketError) -> SocketHandle {
+    static func open(
+        _ kind: SocketKind, operation: String, label: String?, nonBlocking: Bool = false
+    ) throws(SocketError) -> SocketHandle {
         if kind == .seqpacket && !Platform.supportsSeqpacket {
             throw SocketError(operation, address: label, code: .unsupported("seqpacket sockets are"))
         }
-        switch Sys.socket(kind: kind) {
+        switch Sys.socket(kind: kind, nonBlocking: nonBlocking) {
         case .success(let fd): return SocketHandle(descriptor: fd, kind: kind, label: label)
         case .failure(let errno): throw SocketError("socket", address: label, errno: errno)
         }
@@ -100,7 +102,11 @@ extension SocketHandle {
         if keepsDescriptors.load(ordering: .relaxed) {
             return try receiveMessage(into: buffer, wantSender: false).count
         }
-        return try call("read") { Sys.receive($0, buffer) }
+        let count = try call("read") { Sys.receive($0, buffer) }
+        // close() on another thread shuts the socket down to wake this call,
+        // which then returns 0: that is not the peer's end of the stream.
+        if count == 0 && isClosed { throw error("read", code: .closed) }
+        return count
     }
 
     @inline(__always)
@@ -131,6 +137,9 @@ extension SocketHandle {
 
     /// Receives one message and, if asked, its sender; reports truncation.
     /// Descriptors that come with it are kept for `receiveWithDescriptors`.
+    /// What receive errors name: a stream is read, whatever call does it.
+    var receiveOperation: String { kind == .stream ? "read" : "recvmsg" }
+
     func receiveMessage(
         into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool
     ) throws(SocketError) -> ReceivedMessage {
@@ -158,16 +167,37 @@ extension SocketHandle {
     private func receive(
         into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool, descriptorCapacity: Int
     ) throws(SocketError) -> (ReceivedMessage, [ReceivedDescriptor]) {
+        try withDescriptor(receiveOperation) { (fd) throws(SocketError) in
+            switch try receiveAttempt(fd, into: buffer, wantSender: wantSender, descriptorCapacity: descriptorCapacity) {
+            case .success(let received): return received
+            case .failure(let errno): throw error(receiveOperation, errno)
+            }
+        }
+    }
+
+    /// One `recvmsg` on `fd`: the kernel's refusal as a value (the async layer
+    /// waits on would-block), everything else decided here.
+    func receiveAttempt(
+        _ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool, descriptorCapacity: Int
+    ) throws(SocketError) -> Result<(ReceivedMessage, [ReceivedDescriptor]), Errno> {
         let credentials = receivesCredentials.load(ordering: .relaxed)
-        let received = try call("recvmsg") {
-            ControlMessages.receive(
-                $0, into: buffer, descriptorCapacity: descriptorCapacity, credentials: credentials,
-                wantSender: wantSender, messages: kind != .stream)
+        let received: ControlMessages.Received
+        switch ControlMessages.receive(
+            fd, into: buffer, descriptorCapacity: descriptorCapacity, credentials: credentials,
+            wantSender: wantSender, messages: kind != .stream)
+        {
+        case .success(let value): received = value
+        case .failure(let errno): return .failure(errno)
         }
         let descriptors = received.descriptors.map(ReceivedDescriptor.init)
+        // Woken by close() on another thread (see `read`): not an empty message.
+        if received.count == 0 && isClosed {
+            descriptors.forEach { $0.close() }
+            throw error(receiveOperation, code: .closed)
+        }
         if received.flags & Sys.controlTruncatedFlag != 0 && (descriptorCapacity > 0 || !descriptors.isEmpty) {
             descriptors.forEach { $0.close() }
-            throw error("recvmsg", code: .descriptorsTruncated)
+            throw error(receiveOperation, code: .descriptorsTruncated)
         }
         let truncated = received.flags & Sys.truncatedFlag != 0
         let message = ReceivedMessage(
@@ -176,10 +206,10 @@ extension SocketHandle {
             fullLength: truncated && Sys.reportFullLengthFlag != 0 && kind != .stream ? received.count : nil,
             sender: received.sender,
             credentials: received.credentials)
-        return (message, descriptors)
+        return .success((message, descriptors))
     }
 
-    private func keep(_ descriptors: [ReceivedDescriptor]) {
+    func keep(_ descriptors: [ReceivedDescriptor]) {
         kept.withLock { kept in
             let room = max(0, KeptDescriptors.limit - kept.descriptors.count)
             kept.descriptors += descriptors.prefix(room)
@@ -198,7 +228,7 @@ extension SocketHandle {
         }
         if discarded > 0 {
             descriptors.forEach { $0.close() }
-            throw error("recvmsg", code: .descriptorsDiscarded(count: discarded))
+            throw error(receiveOperation, code: .descriptorsDiscarded(count: discarded))
         }
         return descriptors
     }

@@ -139,11 +139,11 @@ struct KeptDescriptors: Sendable {
 /// A socket file this process created by `bind`, identified by device and inode,
 /// so that it is removed only while the path still names that very file.
 struct BoundFile: Sendable {
-    let path: String
+    let path: [UInt8]
     let device: UInt64
     let inode: UInt64
 
-    init?(path: String) {
+    init?(path: [UInt8]) {
         guard case .success(let status) = Sys.fileStatus(path: path) else { return nil }
         self.path = path
         self.device = UInt64(status.st_dev)

@@ -112,14 +112,17 @@ enum Sys {
     }
 
     static func accept(
-        _ fd: CInt, _ address: UnsafeMutablePointer<sockaddr>?, _ length: UnsafeMutablePointer<socklen_t>?
+        _ fd: CInt, _ address: UnsafeMutablePointer<sockaddr>?, _ length: UnsafeMutablePointer<socklen_t>?,
+        nonBlocking: Bool = false
     ) -> Result<CInt, Errno> {
         #if os(Linux)
-        return valueOrErrno { cudskit_accept4(fd, address, length, CInt(SOCK_CLOEXEC.rawValue)) }
+        var flags = CInt(SOCK_CLOEXEC.rawValue)
+        if nonBlocking { flags |= CInt(SOCK_NONBLOCK.rawValue) }
+        return valueOrErrno { cudskit_accept4(fd, address, length, flags) }
         #else
         let accepted = valueOrErrno { Darwin.accept(fd, address, length) }
         guard case .success(let newFD) = accepted else { return accepted }
-        if case .failure(let error) = configureNewDescriptor(newFD, nonBlocking: false) {
+        if case .failure(let error) = configureNewDescriptor(newFD, nonBlocking: nonBlocking) {
             _ = close(newFD)
             return .failure(error)
         }
@@ -286,9 +289,12 @@ enum Sys {
 
     // MARK: Files
 
-    static func fileStatus(path: String) -> Result<stat, Errno> {
+    // Paths are bytes: a socket path need not be UTF-8, and a String would
+    // turn such bytes into U+FFFD and name another file.
+
+    static func fileStatus(path: [UInt8]) -> Result<stat, Errno> {
         var status = stat()
-        return nothingOrErrno { lstat(path, &status) }.map { status }
+        return withCPath(path) { path in nothingOrErrno { lstat(path, &status) } }.map { status }
     }
 
     static func fileStatus(descriptor fd: CInt) -> Result<stat, Errno> {
@@ -296,16 +302,22 @@ enum Sys {
         return nothingOrErrno { fstat(fd, &status) }.map { status }
     }
 
-    static func unlink(path: String) -> Result<Void, Errno> {
-        nothingOrErrno { systemUnlink(path) }
+    static func unlink(path: [UInt8]) -> Result<Void, Errno> {
+        withCPath(path) { path in nothingOrErrno { systemUnlink(path) } }
     }
 
-    static func changeMode(path: String, _ mode: mode_t) -> Result<Void, Errno> {
-        nothingOrErrno { chmod(path, mode) }
+    static func changeMode(path: [UInt8], _ mode: mode_t) -> Result<Void, Errno> {
+        withCPath(path) { path in nothingOrErrno { chmod(path, mode) } }
     }
 
-    static func changeOwner(path: String, user: uid_t, group: gid_t) -> Result<Void, Errno> {
-        nothingOrErrno { lchown(path, user, group) }
+    static func changeOwner(path: [UInt8], user: uid_t, group: gid_t) -> Result<Void, Errno> {
+        withCPath(path) { path in nothingOrErrno { lchown(path, user, group) } }
+    }
+
+    private static func withCPath<R>(_ path: [UInt8], _ body: (UnsafePointer<CChar>) -> R) -> R {
+        (path + [0]).withUnsafeBufferPointer { bytes in
+            bytes.withMemoryRebound(to: CChar.self) { body($0.baseAddress!) }
+        }
     }
 
     /// Sets the mode of the file a socket creates when it binds. Linux honours the
