@@ -3,7 +3,7 @@ import Foundation
 import Synchronization
 import UDSKit
 
-struct EchoServer: ParsableCommand {
+struct EchoServer: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "echo-server",
         abstract: "Echo every byte back to its sender: the classic Unix domain socket demo.",
@@ -49,11 +49,19 @@ struct EchoServer: ParsableCommand {
     @Flag(help: "Print each client's pid, uid and gid (and on Linux its command name).")
     var showPeer = false
 
+    @Option(help: "How stream connections are served: async (one event-loop thread) or threads (one per connection).")
+    var io: IOModel = .async
+
+    enum IOModel: String, ExpressibleByArgument, CaseIterable {
+        case async
+        case threads
+    }
+
     func validate() throws {
         guard chunk > 0 else { throw ValidationError("--chunk must be at least 1") }
     }
 
-    func run() throws {
+    func run() async throws {
         let address = try parseAddress(address)
         let options = BindOptions(permissions: mode?.permissions)
         let access = accessPolicy
@@ -61,6 +69,11 @@ struct EchoServer: ParsableCommand {
         transcript.always("starting up on \(address)")
         do {
             switch type {
+            case .stream where io == .async:
+                let listener = try AsyncStreamListener.bind(to: address, options: options, admitting: access)
+                announce(replacedStale: listener.replacedStaleSocket, address: self.address)
+                ShutdownSignals.install { _ in try? listener.close() }
+                await serveAsync(listener, transcript: transcript)
             case .stream:
                 let listener = try StreamListener.bind(to: address, options: options, admitting: access)
                 try serveConnections(
@@ -103,6 +116,21 @@ struct EchoServer: ParsableCommand {
         }
     }
 
+    /// How long to pause before accepting again after `error`, or `nil` if it is fatal.
+    /// Out of descriptors or memory: say so, wait, and keep serving the clients
+    /// already connected.
+    static func pauseAfterAcceptFailure(_ error: SocketError) -> Duration? {
+        switch error.errno {
+        case .connectionAbort?, .interrupted?:
+            return .zero
+        case .tooManyOpenFiles?, .tooManyOpenFilesInSystem?, .noBufferSpace?, .noMemory?:
+            report(error)
+            return .milliseconds(100)
+        default:
+            return nil
+        }
+    }
+
     private func serveConnections(
         replacedStale: Bool,
         accept: () throws(SocketError) -> (any EchoConnection, UnixAddress),
@@ -120,18 +148,9 @@ struct EchoServer: ParsableCommand {
                 (connection, peer) = try accept()
             } catch {
                 if ShutdownSignals.received.load(ordering: .acquiring) { return }
-                switch error.errno {
-                case .connectionAbort?, .interrupted?:
-                    continue
-                case .tooManyOpenFiles?, .tooManyOpenFilesInSystem?, .noBufferSpace?, .noMemory?:
-                    // Out of descriptors or memory: say so, wait, and keep serving
-                    // the clients already connected.
-                    report(error)
-                    Thread.sleep(forTimeInterval: 0.1)
-                    continue
-                default:
-                    throw error
-                }
+                guard let pause = Self.pauseAfterAcceptFailure(error) else { throw error }
+                Thread.sleep(forTimeInterval: Double(pause.components.attoseconds) / 1e18)
+                continue
             }
             nextID += 1
             let id = nextID

@@ -1,7 +1,7 @@
 import ArgumentParser
 
 @main
-struct UDS: ParsableCommand {
+struct UDS: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "uds",
         abstract: "Unix domain socket tools: the classic echo server and client, and more.",

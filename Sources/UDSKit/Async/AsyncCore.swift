@@ -1,0 +1,203 @@
+import Synchronization
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// What every async socket is: a non-blocking descriptor registered with a
+/// loop, and the try-then-wait loop that all its operations share.
+final class AsyncCore: Sendable {
+    let handle: SocketHandle
+    let registration: Registration
+    /// The read tick at which a `tryRead` last would have blocked; `readable()`
+    /// waits for readiness after it. `unknownTick` until the first such call.
+    private let readBlockedAt = Atomic<UInt64>(AsyncCore.unknownTick)
+    private let writeBlockedAt = Atomic<UInt64>(AsyncCore.unknownTick)
+    private static let unknownTick = UInt64.max
+
+    /// Takes over `handle`, which must be non-blocking, and registers it with `loop`.
+    init(handle: SocketHandle, loop: EventLoop) throws(SocketError) {
+        self.handle = handle
+        self.registration = try loop.register(handle)
+    }
+
+    /// Makes a blocking socket's descriptor non-blocking and registers it.
+    convenience init(adopting handle: SocketHandle, loop: EventLoop) throws(SocketError) {
+        try handle.call("fcntl") { Sys.setNonBlocking($0, true) }
+        try self.init(handle: handle, loop: loop)
+    }
+
+    deinit {
+        registration.close()
+    }
+
+    func close() throws(SocketError) {
+        registration.close()
+        try handle.close()
+    }
+
+    static func deadline(after timeout: Duration?) -> ContinuousClock.Instant? {
+        timeout.map { ContinuousClock.now.advanced(by: $0) }
+    }
+
+    /// Tries `attempt` and, while the kernel says it would block, waits for
+    /// readiness in `direction` and tries again.
+    @inline(__always)
+    func perform<R>(
+        _ direction: Registration.Direction, _ operation: String, deadline: ContinuousClock.Instant?,
+        _ attempt: (CInt) throws(SocketError) -> Result<R, Errno>
+    ) async throws -> R {
+        while true {
+            let observed = registration.tick(direction)
+            let result = try handle.withDescriptor(operation) { (fd) throws(SocketError) in try attempt(fd) }
+            switch result {
+            case .success(let value):
+                return value
+            case .failure(.wouldBlock):
+                try await registration.wait(direction, after: observed, deadline: deadline, operation: operation)
+            case .failure(let errno):
+                throw handle.error(operation, errno)
+            }
+        }
+    }
+
+    /// One attempt, without waiting: `nil` if it would block.
+    func attempt<R>(
+        _ direction: Registration.Direction, _ operation: String,
+        _ attempt: (CInt) throws(SocketError) -> Result<R, Errno>
+    ) throws(SocketError) -> R? {
+        let observed = registration.tick(direction)
+        let result = try handle.withDescriptor(operation) { (fd) throws(SocketError) in try attempt(fd) }
+        switch result {
+        case .success(let value):
+            return value
+        case .failure(.wouldBlock):
+            switch direction {
+            case .read: readBlockedAt.store(observed, ordering: .releasing)
+            case .write: writeBlockedAt.store(observed, ordering: .releasing)
+            }
+            return nil
+        case .failure(let errno):
+            throw handle.error(operation, errno)
+        }
+    }
+
+    /// Waits until an operation in `direction` may succeed. Readiness can be a
+    /// false positive: the next attempt may still say it would block.
+    func ready(_ direction: Registration.Direction, deadline: ContinuousClock.Instant?, operation: String) async throws {
+        let blockedAt =
+            switch direction {
+            case .read: readBlockedAt.load(ordering: .acquiring)
+            case .write: writeBlockedAt.load(ordering: .acquiring)
+            }
+        guard blockedAt != Self.unknownTick else { return }
+        try await registration.wait(direction, after: blockedAt, deadline: deadline, operation: operation)
+    }
+
+    // MARK: Attempts shared by the socket types
+
+    /// Reads stream data, keeping descriptors that ride on it (see `SocketHandle.read`).
+    @inline(__always)
+    func readAttempt(_ fd: CInt, _ buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> Result<Int, Errno> {
+        let result: Result<Int, Errno>
+        if handle.keepsDescriptors.load(ordering: .relaxed) {
+            switch try handle.receiveAttempt(
+                fd, into: buffer, wantSender: false, descriptorCapacity: ControlMessages.maximumDescriptors)
+            {
+            case .success(let (message, descriptors)):
+                if !descriptors.isEmpty { handle.keep(descriptors) }
+                result = .success(message.count)
+            case .failure(let errno):
+                result = .failure(errno)
+            }
+        } else {
+            result = Sys.receive(fd, buffer)
+        }
+        // close() shuts the socket down to wake readers: that is not the peer's EOF.
+        if case .success(0) = result, handle.isClosed { throw handle.error("read", code: .closed) }
+        return result
+    }
+
+    func receiveAttempt(
+        _ fd: CInt, _ buffer: UnsafeMutableRawBufferPointer, wantSender: Bool
+    ) throws(SocketError) -> Result<ReceivedMessage, Errno> {
+        let capacity = handle.keepsDescriptors.load(ordering: .relaxed) ? ControlMessages.maximumDescriptors : 0
+        switch try handle.receiveAttempt(fd, into: buffer, wantSender: wantSender, descriptorCapacity: capacity) {
+        case .success(let (message, descriptors)):
+            if !descriptors.isEmpty { handle.keep(descriptors) }
+            return .success(message)
+        case .failure(let errno):
+            return .failure(errno)
+        }
+    }
+
+    func writeAll(_ buffer: UnsafeRawBufferPointer, deadline: ContinuousClock.Instant?) async throws {
+        var remaining = buffer
+        while !remaining.isEmpty {
+            let written = try await perform(.write, "write", deadline: deadline) { Sys.send($0, remaining) }
+            remaining = UnsafeRawBufferPointer(rebasing: remaining[written...])
+        }
+    }
+
+    /// Accepts one connection as a new non-blocking, registered socket.
+    func accept(
+        loop: EventLoop, policy: AccessPolicy, deadline: ContinuousClock.Instant?
+    ) async throws -> (SocketHandle, UnixAddress) {
+        while true {
+            var accepted: CInt = -1
+            let peer = try await perform(.read, "accept", deadline: deadline) { (fd) throws(SocketError) in
+                var failure: Errno?
+                let address = UnixAddress.fromKernel { address, length in
+                    switch Sys.accept(fd, address, length, nonBlocking: true) {
+                    case .success(let newFD): accepted = newFD
+                    case .failure(let errno): failure = errno
+                    }
+                }
+                return failure.map { .failure($0) } ?? .success(address)
+            }
+            let connection = SocketHandle(descriptor: accepted, kind: handle.kind, label: handle.currentLabel)
+            guard let admits = policy.admits else { return (connection, peer) }
+            let credentials = try connection.peerCredentials()
+            if admits(credentials) { return (connection, peer) }
+            try? connection.close()
+            policy.onRefusal?(credentials)
+        }
+    }
+
+    /// Connects without blocking the loop. A Unix listener with a full backlog
+    /// answers EAGAIN and gives no readiness event for it, so the attempt is
+    /// repeated with a growing pause; an in-progress connection (TCP) is
+    /// awaited through writability.
+    func connect(to address: UnixAddress, deadline: ContinuousClock.Instant?) async throws {
+        handle.currentLabel = address.description
+        var pause = Duration.microseconds(100)
+        while true {
+            let observed = registration.tick(.write)
+            let result = try handle.withDescriptor("connect") { fd in
+                address.withSockaddr { Sys.connect(fd, $0, $1) }
+            }
+            switch result {
+            case .success:
+                return
+            case .failure(.wouldBlock):
+                if let deadline, ContinuousClock.now >= deadline { throw handle.error("connect", code: .timedOut) }
+                try await Task.sleep(for: pause)
+                pause = min(pause * 2, .milliseconds(50))
+            case .failure(.nowInProgress), .failure(.interrupted):
+                try await registration.wait(.write, after: observed, deadline: deadline, operation: "connect")
+                switch Sys.socketError(handle.descriptor) {
+                case .success(0): return
+                case .success(let code): throw handle.error("connect", Errno(rawValue: code))
+                case .failure(let errno): throw handle.error("connect", errno)
+                }
+            case .failure(let errno):
+                throw handle.error("connect", errno)
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+import Synchronization
+import SystemPackage
+
+/// One socket's interest in readiness, and the tasks waiting for it.
+///
+/// Readiness is edge-triggered, so an event must never be lost between a call
+/// that would block and the wait that follows it. Each direction has a tick
+/// that every event advances: a caller notes the tick, tries the call, and on
+/// would-block waits only if the tick has not moved; if it moved, readiness
+/// came in between and the call is simply tried again (tokio's scheme).
+final class Registration: Sendable {
+    enum Direction {
+        case read, write
+    }
+
+    let token: UInt64
+    let handle: SocketHandle
+    let loop: EventLoop
+
+    private let readTick = Atomic<UInt64>(0)
+    private let writeTick = Atomic<UInt64>(0)
+    private let waiters = Mutex(Waiters())
+
+    private struct Waiter {
+        var id: UInt64
+        var continuation: UnsafeContinuation<Void, any Error>
+    }
+
+    private struct Waiters {
+        var reader: Waiter?
+        var writer: Waiter?
+        var nextID: UInt64 = 0
+        var closed = false
+    }
+
+    init(token: UInt64, handle: SocketHandle, loop: EventLoop) {
+        self.token = token
+        self.handle = handle
+        self.loop = loop
+    }
+
+    /// The tick to note before trying a call in `direction`.
+    @inline(__always)
+    func tick(_ direction: Direction) -> UInt64 {
+        switch direction {
+        case .read: readTick.load(ordering: .acquiring)
+        case .write: writeTick.load(ordering: .acquiring)
+        }
+    }
+
+    /// Called on the loop thread for each event: advance the ticks and resume
+    /// whoever waits.
+    func handle(_ event: ReadinessEvent) {
+        let (reader, writer) = waiters.withLock { waiters in
+            var reader: Waiter?
+            var writer: Waiter?
+            if event.readable {
+                readTick.add(1, ordering: .releasing)
+                reader = waiters.reader.take()
+            }
+            if event.writable {
+                writeTick.add(1, ordering: .releasing)
+                writer = waiters.writer.take()
+            }
+            return (reader, writer)
+        }
+        reader?.continuation.resume()
+        writer?.continuation.resume()
+    }
+
+    /// Waits until readiness in `direction` moves past `observed`.
+    /// - Throws: `CancellationError` if the task is cancelled, ``SocketError``
+    ///   `.timedOut` at `deadline`, `.closed` if the socket closes meanwhile.
+    func wait(
+        _ direction: Direction, after observed: UInt64, deadline: ContinuousClock.Instant?,
+        operation: String
+    ) async throws {
+        // Set by the suspending closure; read by the cancellation handler.
+        let waitID = Atomic<UInt64>(UInt64.max)
+        try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+                let outcome: (any Error)?? = waiters.withLock { waiters in
+                    if waiters.closed { return .some(handle.error(operation, code: .closed)) }
+                    if Task.isCancelled { return .some(CancellationError()) }
+                    // Readiness came while the caller was trying: try again.
+                    if tick(direction) != observed { return .some(nil) }
+                    waiters.nextID += 1
+                    let id = waiters.nextID
+                    let waiter = Waiter(id: id, continuation: continuation)
+                    if direction == .read { waiters.reader = waiter } else { waiters.writer = waiter }
+                    waitID.store(id, ordering: .releasing)
+                    return nil
+                }
+                switch outcome {
+                case .some(.some(let error)): continuation.resume(throwing: error)
+                case .some(.none): continuation.resume()
+                case .none:
+                    if let deadline {
+                        let id = waitID.load(ordering: .acquiring)
+                        loop.schedule(at: deadline) { [self] in
+                            self.abandon(direction, id: id, with: handle.error(operation, code: .timedOut))
+                        }
+                    }
+                }
+            }
+        } onCancel: {
+            abandon(direction, id: waitID.load(ordering: .acquiring), with: CancellationError())
+        }
+    }
+
+    /// Resumes the waiter `id` with `error`, if it is still waiting.
+    private func abandon(_ direction: Direction, id: UInt64, with error: any Error) {
+        let waiter: Waiter? = waiters.withLock { waiters in
+            switch direction {
+            case .read:
+                guard waiters.reader?.id == id else { return nil }
+                return waiters.reader.take()
+            case .write:
+                guard waiters.writer?.id == id else { return nil }
+                return waiters.writer.take()
+            }
+        }
+        waiter?.continuation.resume(throwing: error)
+    }
+
+    /// Stops watching: waiters fail with `.closed`, and no new wait starts.
+    func close() {
+        let (reader, writer) = waiters.withLock { waiters in
+            waiters.closed = true
+            return (waiters.reader.take(), waiters.writer.take())
+        }
+        loop.deregister(self)
+        reader?.continuation.resume(throwing: handle.error("close", code: .closed))
+        writer?.continuation.resume(throwing: handle.error("close", code: .closed))
+    }
+}
