@@ -123,12 +123,15 @@ final class Registration: Sendable {
         waiter?.continuation.resume(throwing: error)
     }
 
-    /// Stops watching: waiters fail with `.closed`, and no new wait starts.
+    /// Stops watching, once: waiters fail with `.closed`, and no new wait starts.
+    /// Must run before the descriptor is closed: once closed, its number may
+    /// already name another socket, whose registration a late removal would drop.
     func close() {
-        let (reader, writer) = waiters.withLock { waiters in
-            waiters.closed = true
-            return (waiters.reader.take(), waiters.writer.take())
+        let (first, reader, writer) = waiters.withLock { waiters in
+            defer { waiters.closed = true }
+            return (!waiters.closed, waiters.reader.take(), waiters.writer.take())
         }
+        guard first else { return }
         loop.deregister(self)
         reader?.continuation.resume(throwing: handle.error("close", code: .closed))
         writer?.continuation.resume(throwing: handle.error("close", code: .closed))

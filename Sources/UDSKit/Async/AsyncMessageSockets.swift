@@ -1,0 +1,225 @@
+/// A datagram socket for async code: whole messages, boundaries kept.
+/// Sends wait while the receiver's queue is full; nothing is dropped.
+public final class AsyncDatagramSocket: Sendable {
+    let core: AsyncCore
+
+    init(core: AsyncCore) {
+        self.core = core
+    }
+
+    /// Takes over a blocking datagram socket (bound, connected or neither).
+    public convenience init(_ socket: DatagramSocket, on loop: EventLoop = .shared) throws(SocketError) {
+        self.init(core: try AsyncCore(adopting: socket.handle, loop: loop))
+    }
+
+    /// A socket bound to `address`, with the safe-bind rules of ``StreamListener``.
+    public static func bind(
+        to address: UnixAddress, options: BindOptions = BindOptions(), on loop: EventLoop = .shared
+    ) throws(SocketError) -> AsyncDatagramSocket {
+        try AsyncDatagramSocket(DatagramSocket.bind(to: address, options: options), on: loop)
+    }
+
+    /// An unbound socket: it can send, but nobody can answer it.
+    public static func unbound(on loop: EventLoop = .shared) throws(SocketError) -> AsyncDatagramSocket {
+        try AsyncDatagramSocket(DatagramSocket.unbound(), on: loop)
+    }
+
+    /// Sets the default destination, and receives only from it.
+    public func connect(to address: UnixAddress) throws(SocketError) {
+        try core.handle.connect(to: address)
+    }
+
+    /// Sends one message to `address`, waiting while the receiver's queue is full.
+    @discardableResult
+    public func send(_ buffer: UnsafeRawBufferPointer, to address: UnixAddress, timeout: Duration? = nil) async throws -> Int {
+        try await core.perform(.write, "sendto", deadline: AsyncCore.deadline(after: timeout)) { fd in
+            address.withSockaddr { Sys.send(fd, buffer, to: $0, $1) }
+        }
+    }
+
+    /// Sends one message to the connected address.
+    @discardableResult
+    public func send(_ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil) async throws -> Int {
+        try await core.perform(.write, "send", deadline: AsyncCore.deadline(after: timeout)) { Sys.send($0, buffer) }
+    }
+
+    /// Sends one message, given as bytes, to `address` (or the connected address).
+    @discardableResult
+    public func send(_ bytes: [UInt8], to address: UnixAddress? = nil, timeout: Duration? = nil) async throws -> Int {
+        let deadline = AsyncCore.deadline(after: timeout)
+        return try await core.perform(.write, "sendto", deadline: deadline) { fd in
+            bytes.withUnsafeBytes { buffer in
+                guard let address else { return Sys.send(fd, buffer) }
+                return address.withSockaddr { Sys.send(fd, buffer, to: $0, $1) }
+            }
+        }
+    }
+
+    /// Receives one message and its sender; check `isTruncated`.
+    public func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) async throws -> ReceivedMessage {
+        try await core.perform(.read, "recvmsg", deadline: AsyncCore.deadline(after: timeout)) { (fd) throws(SocketError) in
+            try core.receiveAttempt(fd, buffer, wantSender: true)
+        }
+    }
+
+    /// The messages as they arrive, each at most `maximumSize` bytes; the
+    /// sequence ends when the socket is closed.
+    public func messages(maximumSize: Int = 65536) -> Messages {
+        Messages(core: core, maximumSize: maximumSize, wantSender: true)
+    }
+
+    /// This socket's address.
+    public func localAddress() throws(SocketError) -> UnixAddress { try core.handle.localAddress() }
+
+    /// Closes once and removes the socket file it bound; waiting operations fail with `.closed`.
+    public func close() throws(SocketError) { try core.close() }
+
+    /// The descriptor, for use with other APIs; it stays owned by this socket.
+    public var descriptor: CInt { core.handle.descriptor }
+}
+
+/// A listening seqpacket socket for async code (Linux).
+public final class AsyncSeqpacketListener: Sendable {
+    let core: AsyncCore
+    let loop: EventLoop
+    /// The address this listener was bound to, as given.
+    public let address: UnixAddress
+    /// Which peers ``accept(timeout:)`` lets through.
+    public let accessPolicy: AccessPolicy
+
+    private init(core: AsyncCore, loop: EventLoop, address: UnixAddress, accessPolicy: AccessPolicy) {
+        self.core = core
+        self.loop = loop
+        self.address = address
+        self.accessPolicy = accessPolicy
+    }
+
+    /// Binds and listens, with the safe-bind rules of ``StreamListener``.
+    public static func bind(
+        to address: UnixAddress, options: BindOptions = BindOptions(),
+        admitting accessPolicy: AccessPolicy = .everyone, on loop: EventLoop = .shared
+    ) throws(SocketError) -> AsyncSeqpacketListener {
+        let handle = try SocketHandle.open(.seqpacket, operation: "bind", label: address.description, nonBlocking: true)
+        _ = try handle.bindAndListen(to: address, options: options)
+        return AsyncSeqpacketListener(
+            core: try AsyncCore(handle: handle, loop: loop), loop: loop, address: address, accessPolicy: accessPolicy)
+    }
+
+    /// Waits for the next connection the access policy admits.
+    public func accept(timeout: Duration? = nil) async throws -> (connection: AsyncSeqpacketSocket, peer: UnixAddress) {
+        let (handle, peer) = try await core.accept(
+            loop: loop, policy: accessPolicy, deadline: AsyncCore.deadline(after: timeout))
+        return (AsyncSeqpacketSocket(core: try AsyncCore(handle: handle, loop: loop)), peer)
+    }
+
+    /// Stops listening and removes the socket file.
+    public func close() throws(SocketError) { try core.close() }
+}
+
+/// A connected seqpacket socket for async code (Linux): one message per send
+/// and per receive.
+public final class AsyncSeqpacketSocket: Sendable {
+    let core: AsyncCore
+
+    init(core: AsyncCore) {
+        self.core = core
+    }
+
+    /// Takes over a connected blocking seqpacket socket.
+    public convenience init(_ socket: SeqpacketSocket, on loop: EventLoop = .shared) throws(SocketError) {
+        self.init(core: try AsyncCore(adopting: socket.handle, loop: loop))
+    }
+
+    /// Connects to a seqpacket listener.
+    public static func connect(
+        to address: UnixAddress, timeout: Duration? = nil, on loop: EventLoop = .shared
+    ) async throws -> AsyncSeqpacketSocket {
+        let handle = try SocketHandle.open(.seqpacket, operation: "connect", label: address.description, nonBlocking: true)
+        let core = try AsyncCore(handle: handle, loop: loop)
+        try await core.connect(to: address, deadline: AsyncCore.deadline(after: timeout))
+        return AsyncSeqpacketSocket(core: core)
+    }
+
+    /// Two connected seqpacket sockets.
+    public static func makePair(on loop: EventLoop = .shared) throws(SocketError) -> (AsyncSeqpacketSocket, AsyncSeqpacketSocket) {
+        let (first, second) = try SeqpacketSocket.makePair()
+        return (try AsyncSeqpacketSocket(first, on: loop), try AsyncSeqpacketSocket(second, on: loop))
+    }
+
+    /// Sends one message, waiting while the peer's queue is full.
+    @discardableResult
+    public func send(_ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil) async throws -> Int {
+        try await core.perform(.write, "send", deadline: AsyncCore.deadline(after: timeout)) { Sys.send($0, buffer) }
+    }
+
+    /// Sends one message.
+    @discardableResult
+    public func send(_ bytes: [UInt8], timeout: Duration? = nil) async throws -> Int {
+        try await core.perform(.write, "send", deadline: AsyncCore.deadline(after: timeout)) { fd in
+            bytes.withUnsafeBytes { Sys.send(fd, $0) }
+        }
+    }
+
+    /// Receives one message; a count of 0, not truncated, is the end of the connection.
+    public func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) async throws -> ReceivedMessage {
+        try await core.perform(.read, "recvmsg", deadline: AsyncCore.deadline(after: timeout)) { (fd) throws(SocketError) in
+            try core.receiveAttempt(fd, buffer, wantSender: false)
+        }
+    }
+
+    /// The messages as they arrive; the sequence ends at the end of the connection.
+    public func messages(maximumSize: Int = 65536) -> Messages {
+        Messages(core: core, maximumSize: maximumSize, wantSender: false)
+    }
+
+    /// Shuts down one or both directions.
+    public func shutdown(_ direction: ShutdownDirection) throws(SocketError) { try core.handle.shutdown(direction) }
+
+    /// The peer's process, user and group IDs.
+    public func peerCredentials() throws(SocketError) -> PeerCredentials { try core.handle.peerCredentials() }
+
+    /// Closes once; waiting operations fail with `.closed`.
+    public func close() throws(SocketError) { try core.close() }
+}
+
+/// Messages from a datagram or seqpacket socket, as an `AsyncSequence`.
+///
+/// Each element is the message's bytes and its receipt (sender, truncation).
+/// The sequence ends when the socket closes (datagram) or at the end of the
+/// connection (seqpacket).
+public struct Messages: AsyncSequence, Sendable {
+    public typealias Element = (bytes: [UInt8], receipt: ReceivedMessage)
+    let core: AsyncCore
+    let maximumSize: Int
+    let wantSender: Bool
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let core: AsyncCore
+        let maximumSize: Int
+        let wantSender: Bool
+
+        public mutating func next() async throws -> Element? {
+            var bytes = [UInt8](repeating: 0, count: maximumSize)
+            let wantSender = self.wantSender
+            let core = self.core
+            let receipt: ReceivedMessage
+            do {
+                receipt = try await core.perform(.read, "recvmsg", deadline: nil) { (fd) throws(SocketError) in
+                    try bytes.withUnsafeMutableBytes { buffer in
+                        Result { () throws(SocketError) in try core.receiveAttempt(fd, buffer, wantSender: wantSender) }
+                    }.get()
+                }
+            } catch let error as SocketError where error.code == .closed {
+                return nil
+            }
+            // A connection's end: an empty, untruncated message with no sender.
+            if receipt.count == 0 && !receipt.isTruncated && !wantSender { return nil }
+            bytes.removeSubrange(receipt.count...)
+            return (bytes, receipt)
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(core: core, maximumSize: maximumSize, wantSender: wantSender)
+    }
+}
