@@ -10,6 +10,6 @@ struct UDS: AsyncParsableCommand {
             Errors are one line on standard error, naming the operation and the address;
             the exit status is then 1 (64 for bad command-line usage).
             """,
-        subcommands: [EchoServer.self, EchoClient.self, SendDescriptors.self, ReceiveDescriptors.self]
+        subcommands: [EchoServer.self, EchoClient.self, SendDescriptors.self, ReceiveDescriptors.self, Bench.self]
     )
 }

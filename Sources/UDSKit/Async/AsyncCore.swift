@@ -47,18 +47,30 @@ final class AsyncCore: Sendable {
 
     /// Tries `attempt` and, while the kernel says it would block, waits for
     /// readiness in `direction` and tries again.
+    ///
+    /// `exhausted` says a result left nothing more to do (a short stream read
+    /// drained the socket; a short write filled it). Readiness is edge-triggered,
+    /// so the next operation then waits for the next edge instead of spending a
+    /// system call to hear "would block" (as a C epoll server does, and tokio).
     @inline(__always)
     func perform<R>(
         _ direction: Registration.Direction, _ operation: String, deadline: ContinuousClock.Instant?,
+        exhausted: (R) -> Bool = { _ in false },
         _ attempt: (CInt) throws(SocketError) -> Result<R, Errno>
     ) async throws -> R {
         while true {
             let observed = registration.tick(direction)
+            if blockedTick(direction) == observed {
+                try await registration.wait(direction, after: observed, deadline: deadline, operation: operation)
+                continue
+            }
             let result = try handle.withDescriptor(operation) { (fd) throws(SocketError) in try attempt(fd) }
             switch result {
             case .success(let value):
+                if exhausted(value) { markBlocked(direction, at: observed) }
                 return value
             case .failure(.wouldBlock):
+                markBlocked(direction, at: observed)
                 try await registration.wait(direction, after: observed, deadline: deadline, operation: operation)
             case .failure(let errno):
                 throw handle.error(operation, errno)
@@ -69,34 +81,56 @@ final class AsyncCore: Sendable {
     /// One attempt, without waiting: `nil` if it would block.
     func attempt<R>(
         _ direction: Registration.Direction, _ operation: String,
+        exhausted: (R) -> Bool = { _ in false },
         _ attempt: (CInt) throws(SocketError) -> Result<R, Errno>
     ) throws(SocketError) -> R? {
         let observed = registration.tick(direction)
+        if blockedTick(direction) == observed { return nil }
         let result = try handle.withDescriptor(operation) { (fd) throws(SocketError) in try attempt(fd) }
         switch result {
         case .success(let value):
+            if exhausted(value) { markBlocked(direction, at: observed) }
             return value
         case .failure(.wouldBlock):
-            switch direction {
-            case .read: readBlockedAt.store(observed, ordering: .releasing)
-            case .write: writeBlockedAt.store(observed, ordering: .releasing)
-            }
+            markBlocked(direction, at: observed)
             return nil
         case .failure(let errno):
             throw handle.error(operation, errno)
         }
     }
 
+    @inline(__always)
+    private func blockedTick(_ direction: Registration.Direction) -> UInt64 {
+        switch direction {
+        case .read: readBlockedAt.load(ordering: .relaxed)
+        case .write: writeBlockedAt.load(ordering: .relaxed)
+        }
+    }
+
+    @inline(__always)
+    private func markBlocked(_ direction: Registration.Direction, at tick: UInt64) {
+        switch direction {
+        case .read: readBlockedAt.store(tick, ordering: .relaxed)
+        case .write: writeBlockedAt.store(tick, ordering: .relaxed)
+        }
+    }
+
     /// Waits until an operation in `direction` may succeed. Readiness can be a
     /// false positive: the next attempt may still say it would block.
     func ready(_ direction: Registration.Direction, deadline: ContinuousClock.Instant?, operation: String) async throws {
-        let blockedAt =
-            switch direction {
-            case .read: readBlockedAt.load(ordering: .acquiring)
-            case .write: writeBlockedAt.load(ordering: .acquiring)
-            }
+        let blockedAt = blockedTick(direction)
         guard blockedAt != Self.unknownTick else { return }
         try await registration.wait(direction, after: blockedAt, deadline: deadline, operation: operation)
+    }
+
+    /// A stream read that returned less than asked (but not the end) drained the socket.
+    static func drained(_ requested: Int) -> (Int) -> Bool {
+        { count in count > 0 && count < requested }
+    }
+
+    /// A write that took less than offered filled the socket.
+    static func filled(_ offered: Int) -> (Int) -> Bool {
+        { count in count < offered }
     }
 
     // MARK: Attempts shared by the socket types
@@ -139,7 +173,9 @@ final class AsyncCore: Sendable {
     func writeAll(_ buffer: UnsafeRawBufferPointer, deadline: ContinuousClock.Instant?) async throws {
         var remaining = buffer
         while !remaining.isEmpty {
-            let written = try await perform(.write, "write", deadline: deadline) { Sys.send($0, remaining) }
+            let written = try await perform(.write, "write", deadline: deadline, exhausted: Self.filled(remaining.count)) {
+                Sys.send($0, remaining)
+            }
             remaining = UnsafeRawBufferPointer(rebasing: remaining[written...])
         }
     }

@@ -117,7 +117,9 @@ public final class AsyncStreamSocket: Sendable {
 
     /// Reads what has arrived, waiting for something if nothing has; 0 at the end of the stream.
     public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) async throws -> Int {
-        try await core.perform(.read, "read", deadline: AsyncCore.deadline(after: timeout)) { (fd) throws(SocketError) in
+        try await core.perform(
+            .read, "read", deadline: AsyncCore.deadline(after: timeout), exhausted: AsyncCore.drained(buffer.count)
+        ) { (fd) throws(SocketError) in
             try core.readAttempt(fd, buffer)
         }
     }
@@ -125,8 +127,9 @@ public final class AsyncStreamSocket: Sendable {
     /// Reads up to `maximumCount` bytes; empty at the end of the stream.
     public func read(upTo maximumCount: Int, timeout: Duration? = nil) async throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: maximumCount)
-        let count = try await core.perform(.read, "read", deadline: AsyncCore.deadline(after: timeout)) {
-            (fd) throws(SocketError) in
+        let count = try await core.perform(
+            .read, "read", deadline: AsyncCore.deadline(after: timeout), exhausted: AsyncCore.drained(maximumCount)
+        ) { (fd) throws(SocketError) in
             try bytes.withUnsafeMutableBytes { buffer in
                 Result { () throws(SocketError) in try core.readAttempt(fd, buffer) }
             }.get()
@@ -142,7 +145,8 @@ public final class AsyncStreamSocket: Sendable {
         var filled = 0
         while filled < buffer.count {
             let rest = UnsafeMutableRawBufferPointer(rebasing: buffer[filled...])
-            let count = try await core.perform(.read, "read", deadline: deadline) { (fd) throws(SocketError) in
+            let count = try await core.perform(.read, "read", deadline: deadline, exhausted: AsyncCore.drained(rest.count)) {
+                (fd) throws(SocketError) in
                 try core.readAttempt(fd, rest)
             }
             if count == 0 {
@@ -162,8 +166,9 @@ public final class AsyncStreamSocket: Sendable {
         let deadline = AsyncCore.deadline(after: timeout)
         var offset = 0
         while offset < bytes.count {
-            offset += try await core.perform(.write, "write", deadline: deadline) { fd in
-                bytes.withUnsafeBytes { Sys.send(fd, UnsafeRawBufferPointer(rebasing: $0[offset...])) }
+            let offered = bytes.count - offset
+            offset += try await core.perform(.write, "write", deadline: deadline, exhausted: AsyncCore.filled(offered)) {
+                fd in bytes.withUnsafeBytes { Sys.send(fd, UnsafeRawBufferPointer(rebasing: $0[offset...])) }
             }
         }
     }
@@ -180,12 +185,14 @@ public final class AsyncStreamSocket: Sendable {
 
     /// Reads without waiting: `nil` if nothing has arrived, 0 at the end of the stream.
     public func tryRead(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> Int? {
-        try core.attempt(.read, "read") { (fd) throws(SocketError) in try core.readAttempt(fd, buffer) }
+        try core.attempt(.read, "read", exhausted: AsyncCore.drained(buffer.count)) { (fd) throws(SocketError) in
+            try core.readAttempt(fd, buffer)
+        }
     }
 
     /// Writes without waiting: how much was written, or `nil` if nothing could be.
     public func tryWrite(_ buffer: UnsafeRawBufferPointer) throws(SocketError) -> Int? {
-        try core.attempt(.write, "write") { Sys.send($0, buffer) }
+        try core.attempt(.write, "write", exhausted: AsyncCore.filled(buffer.count)) { Sys.send($0, buffer) }
     }
 
     /// Shuts down one or both directions; `.write` is the half-close.

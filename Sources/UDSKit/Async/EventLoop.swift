@@ -43,6 +43,8 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
 
     /// Jobs enqueued from other threads, and whether a wakeup is on its way.
     private let remoteJobs = Mutex<(jobs: [UnownedJob], wakeupPending: Bool)>(([], false))
+    /// Whether `remoteJobs` may hold jobs: lets the loop skip the lock when not.
+    private let hasRemoteJobs = Atomic<Bool>(false)
     /// Jobs enqueued on the loop thread itself: no lock, no wakeup.
     private var localJobs: [UnownedJob] = []
     private var timers = TimerHeap()
@@ -103,6 +105,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         }
         let wake = remoteJobs.withLock { state in
             state.jobs.append(job)
+            hasRemoteJobs.store(true, ordering: .releasing)
             defer { state.wakeupPending = true }
             return !state.wakeupPending
         }
@@ -119,17 +122,20 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
             // Run what is ready; jobs they enqueue run in the next pass, after
             // the selector had a look, so one busy connection cannot starve others.
             swap(&batch, &localJobs)
-            let remote = remoteJobs.withLock { state in
-                defer { state = ([], false) }
-                return state.jobs
+            if hasRemoteJobs.load(ordering: .acquiring) {
+                let remote = remoteJobs.withLock { state in
+                    hasRemoteJobs.store(false, ordering: .relaxed)
+                    defer { state = ([], false) }
+                    return state.jobs
+                }
+                batch += remote
             }
-            batch += remote
             for job in batch {
                 job.runSynchronously(on: asUnownedTaskExecutor())
             }
             batch.removeAll(keepingCapacity: true)
 
-            let idle = localJobs.isEmpty && remoteJobs.withLock { $0.jobs.isEmpty }
+            let idle = localJobs.isEmpty && !hasRemoteJobs.load(ordering: .acquiring)
             let timeout = idle ? timers.millisecondsUntilNext(now: .now) : 0
             selector.wait(timeoutMilliseconds: timeout) { event in
                 dispatch(event)
