@@ -126,6 +126,34 @@ struct AsyncSocketTests {
         #expect(try await first.read(upTo: 16, timeout: .seconds(5)) == Array("after".utf8))
     }
 
+    /// The last bytes and the peer's close arrive as one readiness edge. A read
+    /// that drains the bytes must not then wait for another edge: with edge
+    /// triggering none comes, and the end of the stream would never be seen.
+    @Test func endOfStreamArrivingWithTheLastBytesIsSeen() async throws {
+        let loop = try EventLoop()
+        let (first, second) = try StreamSocket.makePair()
+        let reader = try AsyncStreamSocket(first, on: loop)
+        defer { try? reader.close() }
+        let payload = pattern(1000, seed: 9)
+        let received = try await Task(executorPreference: loop) {
+            async let all: [UInt8] = {
+                var all: [UInt8] = []
+                while true {
+                    let chunk = try await reader.read(upTo: 65536, timeout: .seconds(5))
+                    if chunk.isEmpty { return all }
+                    all += chunk
+                }
+            }()
+            // Let the reader find nothing and wait; then, without giving the loop
+            // a chance to look in between, send the bytes and close.
+            try await Task.sleep(for: .milliseconds(50))
+            try second.writeAll(payload)
+            try second.close()
+            return try await all
+        }.value
+        #expect(received == payload)
+    }
+
     @Test func aReadTimesOut() async throws {
         let (first, second) = try AsyncStreamSocket.makePair()
         defer {

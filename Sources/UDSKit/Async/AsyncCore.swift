@@ -60,7 +60,7 @@ final class AsyncCore: Sendable {
     ) async throws -> R {
         while true {
             let observed = registration.tick(direction)
-            if blockedTick(direction) == observed {
+            if blockedTick(direction) == observed && !registration.hasEnded(direction) {
                 try await registration.wait(direction, after: observed, deadline: deadline, operation: operation)
                 continue
             }
@@ -85,7 +85,7 @@ final class AsyncCore: Sendable {
         _ attempt: (CInt) throws(SocketError) -> Result<R, Errno>
     ) throws(SocketError) -> R? {
         let observed = registration.tick(direction)
-        if blockedTick(direction) == observed { return nil }
+        if blockedTick(direction) == observed && !registration.hasEnded(direction) { return nil }
         let result = try handle.withDescriptor(operation) { (fd) throws(SocketError) in try attempt(fd) }
         switch result {
         case .success(let value):
@@ -119,7 +119,7 @@ final class AsyncCore: Sendable {
     /// false positive: the next attempt may still say it would block.
     func ready(_ direction: Registration.Direction, deadline: ContinuousClock.Instant?, operation: String) async throws {
         let blockedAt = blockedTick(direction)
-        guard blockedAt != Self.unknownTick else { return }
+        guard blockedAt != Self.unknownTick, !registration.hasEnded(direction) else { return }
         try await registration.wait(direction, after: blockedAt, deadline: deadline, operation: operation)
     }
 

@@ -19,6 +19,11 @@ final class Registration: Sendable {
 
     private let readTick = Atomic<UInt64>(0)
     private let writeTick = Atomic<UInt64>(0)
+    /// Sticky: the kernel reported the end of this direction, and with edge
+    /// triggering it will never report it again, so no operation may wait for
+    /// another edge (tokio keeps its read-closed bit the same way).
+    private let readClosed = Atomic<Bool>(false)
+    private let writeClosed = Atomic<Bool>(false)
     private let waiters = Mutex(Waiters())
 
     private struct Waiter {
@@ -48,12 +53,23 @@ final class Registration: Sendable {
         }
     }
 
+    /// Whether `direction` has ended: the next call will not block, so never wait.
+    @inline(__always)
+    func hasEnded(_ direction: Direction) -> Bool {
+        switch direction {
+        case .read: readClosed.load(ordering: .acquiring)
+        case .write: writeClosed.load(ordering: .acquiring)
+        }
+    }
+
     /// Called on the loop thread for each event: advance the ticks and resume
     /// whoever waits.
     func handle(_ event: ReadinessEvent) {
         let (reader, writer) = waiters.withLock { waiters in
             var reader: Waiter?
             var writer: Waiter?
+            if event.readClosed { readClosed.store(true, ordering: .releasing) }
+            if event.writeClosed { writeClosed.store(true, ordering: .releasing) }
             if event.readable {
                 readTick.add(1, ordering: .releasing)
                 reader = waiters.reader.take()
@@ -82,8 +98,9 @@ final class Registration: Sendable {
                 let outcome: (any Error)?? = waiters.withLock { waiters in
                     if waiters.closed { return .some(handle.error(operation, code: .closed)) }
                     if Task.isCancelled { return .some(CancellationError()) }
-                    // Readiness came while the caller was trying: try again.
-                    if tick(direction) != observed { return .some(nil) }
+                    // Readiness came while the caller was trying, or the direction
+                    // ended and no edge will ever come again: try again.
+                    if tick(direction) != observed || hasEnded(direction) { return .some(nil) }
                     waiters.nextID += 1
                     let id = waiters.nextID
                     let waiter = Waiter(id: id, continuation: continuation)

@@ -13,6 +13,11 @@ struct ReadinessEvent {
     var token: UInt64
     var readable: Bool
     var writable: Bool
+    /// The peer will send nothing more (end of stream, hang-up or error):
+    /// no further read edge will come, so reads must never wait for one.
+    var readClosed: Bool
+    /// Hang-up or error: no further write edge will come.
+    var writeClosed: Bool
 }
 
 /// The contract each readiness backend fulfils: edge-triggered interest in
@@ -82,6 +87,8 @@ final class EpollSelector: SelectorBackend {
             }
             let readMask = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue
             let writeMask = EPOLLOUT.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue
+            let readClosedMask = EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue
+            let writeClosedMask = EPOLLHUP.rawValue | EPOLLERR.rawValue
             for index in 0..<count {
                 let event = events[index]
                 let token = event.data.u64
@@ -93,7 +100,9 @@ final class EpollSelector: SelectorBackend {
                 body(ReadinessEvent(
                     token: token,
                     readable: event.events & readMask != 0,
-                    writable: event.events & writeMask != 0))
+                    writable: event.events & writeMask != 0,
+                    readClosed: event.events & readClosedMask != 0,
+                    writeClosed: event.events & writeClosedMask != 0))
             }
         }
     }
@@ -155,11 +164,16 @@ final class KqueueSelector: SelectorBackend {
                 let event = events[index]
                 let token = UInt64(UInt(bitPattern: event.udata))
                 if token == Self.wakeupToken { continue }
-                let failed = event.flags & UInt16(EV_EOF | EV_ERROR) != 0
+                let failed = event.flags & UInt16(EV_ERROR) != 0
+                let ended = event.flags & UInt16(EV_EOF) != 0
+                let isRead = event.filter == Int16(EVFILT_READ)
+                let isWrite = event.filter == Int16(EVFILT_WRITE)
                 body(ReadinessEvent(
                     token: token,
-                    readable: event.filter == Int16(EVFILT_READ) || failed,
-                    writable: event.filter == Int16(EVFILT_WRITE) || failed))
+                    readable: isRead || failed,
+                    writable: isWrite || failed,
+                    readClosed: (isRead && ended) || failed,
+                    writeClosed: (isWrite && ended) || failed))
             }
         }
     }
