@@ -71,6 +71,7 @@ final class AsyncCore: Sendable {
                 return value
             case .failure(.wouldBlock):
                 markBlocked(direction, at: observed)
+                registration.clearEnded(direction)
                 try await registration.wait(direction, after: observed, deadline: deadline, operation: operation)
             case .failure(let errno):
                 throw handle.error(operation, errno)
@@ -93,6 +94,7 @@ final class AsyncCore: Sendable {
             return value
         case .failure(.wouldBlock):
             markBlocked(direction, at: observed)
+            registration.clearEnded(direction)
             return nil
         case .failure(let errno):
             throw handle.error(operation, errno)

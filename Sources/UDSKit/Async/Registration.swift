@@ -19,11 +19,10 @@ final class Registration: Sendable {
 
     private let readTick = Atomic<UInt64>(0)
     private let writeTick = Atomic<UInt64>(0)
-    /// Sticky: the kernel reported the end of this direction, and with edge
-    /// triggering it will never report it again, so no operation may wait for
-    /// another edge (tokio keeps its read-closed bit the same way).
-    private let readClosed = Atomic<Bool>(false)
-    private let writeClosed = Atomic<Bool>(false)
+    /// Sticky: the kernel reported the end of the peer's stream (or an error),
+    /// and with edge triggering it will not report it again, so a read must not
+    /// wait for another edge (tokio keeps its read-closed bit the same way).
+    private let readEnded = Atomic<Bool>(false)
     private let waiters = Mutex(Waiters())
 
     private struct Waiter {
@@ -53,13 +52,18 @@ final class Registration: Sendable {
         }
     }
 
-    /// Whether `direction` has ended: the next call will not block, so never wait.
+    /// Whether `direction` has ended: the next call will not block, so try it
+    /// rather than wait. Only reads end this way; a write's end comes with an edge.
     @inline(__always)
     func hasEnded(_ direction: Direction) -> Bool {
-        switch direction {
-        case .read: readClosed.load(ordering: .acquiring)
-        case .write: writeClosed.load(ordering: .acquiring)
-        }
+        direction == .read && readEnded.load(ordering: .acquiring)
+    }
+
+    /// The call said "would block" after all (the error was consumed, say):
+    /// wait for edges again rather than spin.
+    @inline(__always)
+    func clearEnded(_ direction: Direction) {
+        if direction == .read { readEnded.store(false, ordering: .releasing) }
     }
 
     /// Called on the loop thread for each event: advance the ticks and resume
@@ -68,8 +72,7 @@ final class Registration: Sendable {
         let (reader, writer) = waiters.withLock { waiters in
             var reader: Waiter?
             var writer: Waiter?
-            if event.readClosed { readClosed.store(true, ordering: .releasing) }
-            if event.writeClosed { writeClosed.store(true, ordering: .releasing) }
+            if event.readClosed { readEnded.store(true, ordering: .releasing) }
             if event.readable {
                 readTick.add(1, ordering: .releasing)
                 reader = waiters.reader.take()

@@ -13,11 +13,10 @@ struct ReadinessEvent {
     var token: UInt64
     var readable: Bool
     var writable: Bool
-    /// The peer will send nothing more (end of stream, hang-up or error):
-    /// no further read edge will come, so reads must never wait for one.
+    /// The peer will send nothing more, or an error is pending: a state that
+    /// persists, so no further read edge will announce it. (Not EPOLLHUP alone:
+    /// Linux reports it for a stream socket that is not connected yet.)
     var readClosed: Bool
-    /// Hang-up or error: no further write edge will come.
-    var writeClosed: Bool
 }
 
 /// The contract each readiness backend fulfils: edge-triggered interest in
@@ -87,8 +86,7 @@ final class EpollSelector: SelectorBackend {
             }
             let readMask = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue
             let writeMask = EPOLLOUT.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue
-            let readClosedMask = EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue
-            let writeClosedMask = EPOLLHUP.rawValue | EPOLLERR.rawValue
+            let readClosedMask = EPOLLRDHUP.rawValue | EPOLLERR.rawValue
             for index in 0..<count {
                 let event = events[index]
                 let token = event.data.u64
@@ -101,8 +99,7 @@ final class EpollSelector: SelectorBackend {
                     token: token,
                     readable: event.events & readMask != 0,
                     writable: event.events & writeMask != 0,
-                    readClosed: event.events & readClosedMask != 0,
-                    writeClosed: event.events & writeClosedMask != 0))
+                    readClosed: event.events & readClosedMask != 0))
             }
         }
     }
@@ -172,8 +169,7 @@ final class KqueueSelector: SelectorBackend {
                     token: token,
                     readable: isRead || failed,
                     writable: isWrite || failed,
-                    readClosed: (isRead && ended) || failed,
-                    writeClosed: (isWrite && ended) || failed))
+                    readClosed: (isRead && ended) || failed))
             }
         }
     }
