@@ -82,7 +82,10 @@ def run_case(uds, path, pid, case, duration, warmup):
                     "--duration", str(duration), "--warmup", str(warmup)]
     else:
         command += ["--bytes", str(1 << 30), "--write-size", str(size)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=duration + warmup + 120)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=duration + warmup + 60)
+    except subprocess.TimeoutExpired:
+        return {"error": "timed out"}
     if result.returncode != 0:
         return {"error": (result.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(result.stdout.strip().splitlines()[-1])

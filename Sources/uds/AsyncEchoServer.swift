@@ -11,7 +11,10 @@ extension EchoServer {
         let loop = EventLoop.shared
         let chunk = self.chunk
         let showPeer = self.showPeer
-        await withTaskExecutorPreference(loop) {
+        // With the global executor, a task's code runs on Swift's thread pool and
+        // the scratch buffer cannot be borrowed: each wake-up is a thread hop.
+        let preference: (any TaskExecutor)? = executor == .loop ? loop : nil
+        await withTaskExecutorPreference(preference) {
             await withDiscardingTaskGroup { group in
                 transcript.say("waiting for a connection")
                 var nextID = 0
@@ -62,7 +65,7 @@ private func echo(
         while true {
             try await connection.readable()
             var unsent: [UInt8] = []
-            let count: Int? = try loop.withScratchBuffer(minimumSize: chunk) { (scratch) throws(SocketError) in
+            let count: Int? = try withBuffer(loop: loop, size: chunk) { (scratch) throws(SocketError) in
                 guard let count = try connection.tryRead(into: scratch) else { return nil }
                 let data = UnsafeRawBufferPointer(rebasing: scratch[..<count])
                 transcript.say("received \(pythonBytesLiteral(data))", client: id)
@@ -83,4 +86,14 @@ private func echo(
     } catch {
         if !ShutdownSignals.received.load(ordering: .acquiring) { report(error) }
     }
+}
+
+/// The loop's scratch buffer when on the loop thread; otherwise a fresh one.
+private func withBuffer<R>(
+    loop: EventLoop, size: Int, _ body: (UnsafeMutableRawBufferPointer) throws(SocketError) -> R
+) throws(SocketError) -> R {
+    if loop.inEventLoop { return try loop.withScratchBuffer(minimumSize: size, body) }
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
+    defer { buffer.deallocate() }
+    return try body(buffer)
 }

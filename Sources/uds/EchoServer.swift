@@ -57,12 +57,28 @@ struct EchoServer: AsyncParsableCommand {
         case threads
     }
 
+    @Option(help: "Where async connection tasks run: loop (the event-loop thread, no hops) or global (Swift's thread pool: a hop per wake-up, for comparison).")
+    var executor: ExecutorChoice = .loop
+
+    enum ExecutorChoice: String, ExpressibleByArgument, CaseIterable {
+        case loop
+        case global
+    }
+
     func validate() throws {
         guard chunk > 0 else { throw ValidationError("--chunk must be at least 1") }
+        // A datagram server has no connections to check or refuse: never
+        // ignore an access restriction silently.
+        if type == .dgram && (!allowedUserIDs.isEmpty || !allowedGroupIDs.isEmpty || showPeer) {
+            throw ValidationError("--allow-uid, --allow-gid and --show-peer need connections: use --type stream or seqpacket")
+        }
     }
 
     func run() async throws {
         let address = try parseAddress(address)
+        // Before the socket exists: a signal from then on stops the server cleanly.
+        ShutdownSignals.prepare()
+        raiseDescriptorLimit()
         let options = BindOptions(permissions: mode?.permissions)
         let access = accessPolicy
         let transcript = Transcript(quiet: quiet)
@@ -72,7 +88,13 @@ struct EchoServer: AsyncParsableCommand {
             case .stream where io == .async:
                 let listener = try AsyncStreamListener.bind(to: address, options: options, admitting: access)
                 announce(replacedStale: listener.replacedStaleSocket, address: self.address)
-                ShutdownSignals.install { _ in try? listener.close() }
+                // Exit from the handler, once the socket file is gone: returning
+                // would wait for every connected client to hang up, and the
+                // accept loop could end before the file is removed.
+                ShutdownSignals.install { _ in
+                    try? listener.close()
+                    Foundation.exit(0)
+                }
                 await serveAsync(listener, transcript: transcript)
             case .stream:
                 let listener = try StreamListener.bind(to: address, options: options, admitting: access)

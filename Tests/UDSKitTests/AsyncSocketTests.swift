@@ -68,7 +68,7 @@ struct AsyncSocketTests {
                             try await client.writeAll(message)
                             var received: [UInt8] = []
                             while received.count < message.count {
-                                let chunk = try await client.read(upTo: message.count - received.count, timeout: .seconds(10))
+                                let chunk = try await client.read(upTo: message.count - received.count, timeout: .seconds(30))
                                 #expect(!chunk.isEmpty)
                                 if chunk.isEmpty { return }
                                 received += chunk
@@ -119,11 +119,13 @@ struct AsyncSocketTests {
         let started = ContinuousClock.now
         reader.cancel()
         let result = await reader.result
-        #expect(ContinuousClock.now - started < .seconds(1))
+        // Without cancellation the read would wait forever; the bound is loose
+        // because the whole suite shares two cores.
+        #expect(ContinuousClock.now - started < .seconds(5))
         #expect(throws: CancellationError.self) { try result.get() }
         // No waiter was left behind: the next read gets the next bytes.
         try await second.writeAll(Array("after".utf8))
-        #expect(try await first.read(upTo: 16, timeout: .seconds(5)) == Array("after".utf8))
+        #expect(try await first.read(upTo: 16, timeout: .seconds(20)) == Array("after".utf8))
     }
 
     /// The last bytes and the peer's close arrive as one readiness edge. A read
@@ -139,7 +141,7 @@ struct AsyncSocketTests {
             async let all: [UInt8] = {
                 var all: [UInt8] = []
                 while true {
-                    let chunk = try await reader.read(upTo: 65536, timeout: .seconds(5))
+                    let chunk = try await reader.read(upTo: 65536, timeout: .seconds(20))
                     if chunk.isEmpty { return all }
                     all += chunk
                 }
@@ -165,10 +167,10 @@ struct AsyncSocketTests {
         #expect(error?.code == .timedOut)
         let elapsed = ContinuousClock.now - started
         #expect(elapsed >= .milliseconds(100))
-        #expect(elapsed < .seconds(5))
+        #expect(elapsed < .seconds(10))
         // The socket still works after a timeout.
         try await second.writeAll([1, 2, 3])
-        #expect(try await first.read(upTo: 16, timeout: .seconds(5)) == [1, 2, 3])
+        #expect(try await first.read(upTo: 16, timeout: .seconds(20)) == [1, 2, 3])
     }
 
     @Test func closingWakesAWaitingReadWithClosed() async throws {
@@ -236,7 +238,7 @@ struct AsyncSocketTests {
         }
         for round in 0..<200 {
             try await first.writeAll([UInt8(truncatingIfNeeded: round)])
-            #expect(try await second.read(upTo: 1, timeout: .seconds(5)) == [UInt8(truncatingIfNeeded: round)])
+            #expect(try await second.read(upTo: 1, timeout: .seconds(20)) == [UInt8(truncatingIfNeeded: round)])
         }
     }
 
@@ -249,7 +251,7 @@ struct AsyncSocketTests {
         var buffer = [UInt8](repeating: 0, count: 8)
         let nothing = try buffer.withUnsafeMutableBytes { try first.tryRead(into: $0) }
         #expect(nothing == nil)
-        let waiter = Task { try await first.readable(timeout: .seconds(5)) }
+        let waiter = Task { try await first.readable(timeout: .seconds(20)) }
         try await Task.sleep(for: .milliseconds(50))
         try await second.writeAll([9, 8, 7])
         try await waiter.value
@@ -257,7 +259,7 @@ struct AsyncSocketTests {
         #expect(count == 3)
         #expect(Array(buffer[..<3]) == [9, 8, 7])
         try second.shutdown(.write)
-        try await first.readable(timeout: .seconds(5))
+        try await first.readable(timeout: .seconds(20))
         #expect(try buffer.withUnsafeMutableBytes { try first.tryRead(into: $0) } == 0)
     }
 
@@ -267,7 +269,7 @@ struct AsyncSocketTests {
             let client = try await AsyncStreamSocket.connect(to: address, on: loop)
             defer { try? client.close() }
             try await client.writeAll(Array("ping".utf8))
-            #expect(try await client.read(upTo: 4, timeout: .seconds(5)) == Array("ping".utf8))
+            #expect(try await client.read(upTo: 4, timeout: .seconds(20)) == Array("ping".utf8))
         }
     }
 
@@ -318,7 +320,7 @@ struct AsyncSocketTests {
         let listener = try AsyncSeqpacketListener.bind(to: try uniqueAbstractAddress("seq"))
         defer { try? listener.close() }
         let server = Task {
-            let (connection, _) = try await listener.accept(timeout: .seconds(5))
+            let (connection, _) = try await listener.accept(timeout: .seconds(20))
             defer { try? connection.close() }
             var echoed = 0
             for try await message in connection.messages(maximumSize: 1 << 17) {
@@ -333,7 +335,7 @@ struct AsyncSocketTests {
         defer { buffer.deallocate() }
         for message in messages {
             try await client.send(message)
-            let receipt = try await client.receive(into: buffer, timeout: .seconds(5))
+            let receipt = try await client.receive(into: buffer, timeout: .seconds(20))
             let echoed = Array(buffer[..<receipt.count])
             #expect(echoed.count == message.count)
             #expect(echoed == message, "the echo differs from what was sent")
