@@ -36,8 +36,11 @@ final class AsyncCore: Sendable {
         registration.close()
     }
 
+    /// Closes the socket (removing its file), then fails the operations that
+    /// were waiting, so none of them sees the socket half closed.
     func close() throws(SocketError) {
-        registration.close()
+        let waiters = registration.detach()
+        defer { waiters.resume() }
         try handle.close()
     }
 

@@ -147,13 +147,29 @@ final class Registration: Sendable {
     /// Must run before the descriptor is closed: once closed, its number may
     /// already name another socket, whose registration a late removal would drop.
     func close() {
+        detach().resume()
+    }
+
+    /// Stops watching, once, and hands back the waiters to fail: the caller
+    /// resumes them after it has finished closing, so that a task woken by the
+    /// close finds the socket (and its file) already gone.
+    func detach() -> DetachedWaiters {
         let (first, reader, writer) = waiters.withLock { waiters in
             defer { waiters.closed = true }
             return (!waiters.closed, waiters.reader.take(), waiters.writer.take())
         }
-        guard first else { return }
-        loop.deregister(self)
-        reader?.continuation.resume(throwing: handle.error("close", code: .closed))
-        writer?.continuation.resume(throwing: handle.error("close", code: .closed))
+        if first { loop.deregister(self) }
+        return DetachedWaiters(
+            continuations: [reader?.continuation, writer?.continuation].compactMap { $0 },
+            error: handle.error("close", code: .closed))
+    }
+
+    struct DetachedWaiters {
+        let continuations: [UnsafeContinuation<Void, any Error>]
+        let error: SocketError
+
+        func resume() {
+            for continuation in continuations { continuation.resume(throwing: error) }
+        }
     }
 }
