@@ -51,6 +51,8 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
         case descriptorsDiscarded(count: Int)
         /// This platform lacks the feature (seqpacket or abstract names on macOS).
         case unsupported(String)
+        /// A TCP host name could not be resolved; the resolver's message.
+        case nameResolution(String)
     }
 
     /// The operation, named after its C call where there is one: `bind`, `connect`, `read`.
@@ -111,6 +113,7 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
         case .descriptorsDiscarded(let count):
             return "\(count) descriptors arrived with plain reads and were never taken; they were closed"
         case .unsupported(let what): return "\(what) not supported on this platform"
+        case .nameResolution(let why): return "cannot resolve the host name: \(Self.lowercasedFirst(why))"
         }
     }
 

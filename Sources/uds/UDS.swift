@@ -6,10 +6,13 @@ struct UDS: AsyncParsableCommand {
         commandName: "uds",
         abstract: "Unix domain socket tools: the classic echo server and client, and more.",
         discussion: """
-            Addresses are filesystem paths, or on Linux abstract names written @name.
+            Addresses are filesystem paths, or on Linux abstract names written @name;
+            connect, listen, relay and probe also take unix:PATH and tcp:HOST:PORT.
             Errors are one line on standard error, naming the operation and the address;
-            the exit status is then 1 (64 for bad command-line usage).
+            the exit status is then 1 (64 for bad command-line usage). uds probe answers
+            with its exit status: see uds help probe.
             """,
-        subcommands: [EchoServer.self, EchoClient.self, SendDescriptors.self, ReceiveDescriptors.self, Bench.self]
+        subcommands: [EchoServer.self, EchoClient.self, SendDescriptors.self, ReceiveDescriptors.self,
+            Connect.self, Listen.self, Send.self, Receive.self, Relay.self, List.self, Probe.self, Stat.self, Bench.self]
     )
 }

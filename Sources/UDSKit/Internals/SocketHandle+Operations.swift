@@ -39,16 +39,29 @@ extension SocketHandle {
 
     /// Connects, waiting for completion if a signal interrupts the call: the
     /// kernel goes on connecting, so a second `connect` would fail.
-    func connect(to address: UnixAddress) throws(SocketError) {
+    func connect(to address: UnixAddress, timeout: Duration? = nil) throws(SocketError) {
         currentLabel = address.description
+        try connect(timeout: timeout) { fd in address.withSockaddr { Sys.connect(fd, $0, $1) } }
+    }
+
+    /// Runs `start` (one `connect` call) and sees it through: after EINTR it
+    /// waits for the connection the kernel goes on making. With a `timeout`
+    /// the wait is bounded (`SO_SNDTIMEO`, which Linux's `connect` honours)
+    /// and fails with `.timedOut`.
+    func connect(timeout: Duration?, _ start: (CInt) -> Result<Void, Errno>) throws(SocketError) {
         try withDescriptor("connect") { (fd) throws(SocketError) in
-            let result = address.withSockaddr { Sys.connect(fd, $0, $1) }
-            switch result {
+            if let timeout {
+                if case .failure(let errno) = Sys.setTimeout(fd, receive: false, timeout) { throw error("setsockopt", errno) }
+            }
+            defer { if timeout != nil { _ = Sys.setTimeout(fd, receive: false, nil) } }
+            switch start(fd) {
             case .success: return
             case .failure(.interrupted):
+                let milliseconds = timeout.map { CInt(clamping: $0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000) } ?? -1
                 while true {
-                    switch Sys.poll(fd, forWriting: true, timeoutMilliseconds: -1) {
+                    switch Sys.poll(fd, forWriting: true, timeoutMilliseconds: milliseconds) {
                     case .success(true): break
+                    case .success(false) where timeout != nil: throw error("connect", code: .timedOut)
                     case .success(false): continue
                     case .failure(let errno): throw error("connect", errno)
                     }
@@ -59,6 +72,8 @@ extension SocketHandle {
                 case .success(let code): throw error("connect", Errno(rawValue: code))
                 case .failure(let errno): throw error("connect", errno)
                 }
+            case .failure(.nowInProgress) where timeout != nil:
+                throw error("connect", code: .timedOut)
             case .failure(let errno):
                 throw error("connect", errno)
             }
@@ -154,11 +169,16 @@ extension SocketHandle {
     func receiveWithDescriptors(
         into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool
     ) throws(SocketError) -> (ReceivedMessage, [ReceivedDescriptor]) {
-        keepsDescriptors.store(true, ordering: .relaxed)
         let earlier = try takeKept()
-        let (message, descriptors) = try receive(
-            into: buffer, wantSender: wantSender, descriptorCapacity: ControlMessages.maximumDescriptors)
-        return (message, earlier + descriptors)
+        do {
+            let (message, descriptors) = try receive(
+                into: buffer, wantSender: wantSender, descriptorCapacity: ControlMessages.maximumDescriptors)
+            return (message, earlier + descriptors)
+        } catch {
+            // A failed receive (a timeout, say) must not lose what plain reads kept.
+            kept.withLock { $0.descriptors = earlier + $0.descriptors }
+            throw error
+        }
     }
 
     /// One `recvmsg`, with room for `descriptorCapacity` descriptors and, if

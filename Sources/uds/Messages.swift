@@ -1,0 +1,312 @@
+import ArgumentParser
+import Foundation
+import Synchronization
+import UDSKit
+
+struct Send: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "send",
+        abstract: "Send datagrams or seqpacket messages: one per MESSAGE, or one per line of standard input.",
+        discussion: """
+            Each MESSAGE is sent as one message, whole, with its boundaries kept; with no
+            MESSAGE, each line of standard input is one (without its newline). A datagram
+            is sent from an unbound socket unless --bind names an address, which the
+            receiver then sees as the sender (and which is removed again on exit).
+            Seqpacket messages go over one connection, closed after the last.
+
+            Exit status: 0 when every message was sent, 1 on an error.
+
+            Examples:
+              uds send /tmp/log.dgram "disk full" "retrying"
+              uds send @events --type seqpacket started
+              journalctl -f | uds send /tmp/log.dgram
+              uds send /tmp/server.dgram ping --bind /tmp/me.dgram
+            """
+    )
+
+    @Argument(help: "Where to send: PATH, @name or unix:PATH.")
+    var address: String
+
+    @Argument(help: "The messages, one message each; none reads lines from standard input.")
+    var messages: [String] = []
+
+    @Option(help: "The socket type: dgram or seqpacket.")
+    var type: SocketTypeOption = .dgram
+
+    @Option(name: .customLong("bind"), help: "An address to send from, so the receiver sees (and can answer) it.")
+    var localAddress: String?
+
+    @Option(help: "Fail if a message cannot be sent within this long (the receiver's queue stays full).")
+    var timeout: DurationOption?
+
+    func validate() throws {
+        if type == .stream { throw ValidationError("for streams, use `uds connect ADDRESS`") }
+    }
+
+    func run() throws {
+        let server = try unixAddress(of: try parseEndpoint(address), for: "send")
+        let local = try localAddress.map(parseAddress)
+        do {
+            let deliver: ([UInt8]) throws -> Void
+            let finish: () -> Void
+            switch type {
+            case .dgram, .stream:
+                let socket = try local.map { address throws(SocketError) in try DatagramSocket.bind(to: address) }
+                    ?? DatagramSocket.unbound()
+                try socket.setWriteTimeout(timeout?.duration)
+                deliver = { try socket.send($0, to: server) }
+                finish = { try? socket.close() }
+            case .seqpacket:
+                let socket = try SeqpacketSocket.connect(to: server, from: local)
+                try socket.setWriteTimeout(timeout?.duration)
+                deliver = { try socket.send($0) }
+                finish = {
+                    try? socket.shutdown(.write)
+                    try? socket.close()
+                }
+            }
+            defer { finish() }
+            if messages.isEmpty {
+                let reader = InputReader(lines: true)
+                while let line = try reader.next() { try deliver(line) }
+            } else {
+                for message in messages { try deliver(Array(message.utf8)) }
+            }
+        } catch let error as SocketError {
+            report(error)
+            throw ExitCode.failure
+        } catch let error as StandardStreamError {
+            report(error)
+            throw ExitCode.failure
+        }
+    }
+}
+
+struct Receive: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "recv",
+        abstract: "Bind a socket and print each datagram or seqpacket message it receives, with its sender.",
+        discussion: """
+            Each message is printed on one line: received b'...' from SENDER, the bytes as
+            Python prints them (so any byte is visible and the line stays one line), and the
+            sender's address, or (unnamed) if it did not bind one. --raw prints the bytes
+            alone, each message followed by a newline. A message longer than 256 KiB is
+            reported as truncated, never silently cut.
+
+            The address is bound safely, as by echo-server, and removed on exit. Once bound,
+            uds prints "uds: listening on ADDRESS" on standard error. For seqpacket, every
+            connection is served at once and the sender is the connection's peer.
+
+            --count N exits after N messages. --timeout T gives up after T without a
+            message: with --count that is an error (exit status 1), without it the normal
+            end (exit status 0).
+
+            Examples:
+              uds recv /tmp/log.dgram
+              uds recv /tmp/log.dgram --count 1 --timeout 5 --raw
+              uds recv @events --type seqpacket --credentials
+            """
+    )
+
+    @Argument(help: "Where to receive: PATH, @name or unix:PATH.")
+    var address: String
+
+    @Option(help: "The socket type: dgram or seqpacket.")
+    var type: SocketTypeOption = .dgram
+
+    @Option(help: "Exit after this many messages.")
+    var count: Int?
+
+    @Option(help: "Stop after this long without a message (seconds, or with ms/s/m).")
+    var timeout: DurationOption?
+
+    @Flag(help: "Print only each message's bytes, followed by a newline.")
+    var raw = false
+
+    @Flag(help: "Also print each sender's pid, uid and gid, as the kernel vouches for them (Linux for dgram).")
+    var credentials = false
+
+    @Option(help: "The socket file's mode, in octal (e.g. 622).")
+    var mode: FileModeOption?
+
+    func validate() throws {
+        if type == .stream { throw ValidationError("for streams, use `uds listen ADDRESS`") }
+        if let count, count < 1 { throw ValidationError("--count must be at least 1") }
+    }
+
+    func run() throws {
+        let endpoint = try parseEndpoint(address)
+        let address = try unixAddress(of: endpoint, for: "recv")
+        let options = BindOptions(permissions: mode?.permissions)
+        let tally = MessageTally(limit: count, raw: raw)
+        let close: @Sendable () -> Void
+        do {
+            switch type {
+            case .dgram, .stream:
+                let socket = try DatagramSocket.bind(to: address, options: options)
+                if socket.replacedStaleSocket { announceStaleReplaced(endpoint) }
+                if credentials { try socket.setReceivesCredentials(true) }
+                close = { try? socket.close() }
+                Thread.detachNewThread { receiveDatagrams(socket, tally: tally) }
+            case .seqpacket:
+                let listener = try SeqpacketListener.bind(to: address, options: options)
+                if listener.replacedStaleSocket { announceStaleReplaced(endpoint) }
+                close = { try? listener.close() }
+                let showCredentials = credentials
+                Thread.detachNewThread { acceptConnections(listener, tally: tally, credentials: showCredentials) }
+            }
+        } catch {
+            report(error)
+            throw ExitCode.failure
+        }
+        exitOnShutdownSignals(close)
+        Console.standardError.line("uds: listening on \(endpoint)")
+        defer { close() }
+        switch tally.wait(timeout: timeout?.seconds) {
+        case .done:
+            return
+        case .failed(let error):
+            report(error)
+            throw ExitCode.failure
+        case .quiet(let received):
+            guard let count else { return }
+            Console.standardError.line(
+                "uds: recv(\(endpoint)): timed out after \(timeout!) with no message (received \(received) of \(count))")
+            throw ExitCode.failure
+        }
+    }
+}
+
+/// Prints messages as they come, counts them, and tells the main thread.
+final class MessageTally: Sendable {
+    enum Outcome {
+        /// The count was reached.
+        case done
+        /// No message for the timeout; the number received so far.
+        case quiet(Int)
+        case failed(any Error)
+    }
+
+    private let limit: Int?
+    private let raw: Bool
+    private let state = Mutex<(received: Int, failure: (any Error)?)>((0, nil))
+    private let event = DispatchSemaphore(value: 0)
+
+    init(limit: Int?, raw: Bool) {
+        self.limit = limit
+        self.raw = raw
+    }
+
+    /// Prints one message; returns false once the count is reached (the
+    /// caller stops receiving).
+    func record(_ bytes: UnsafeRawBufferPointer, sender: String, credentials: PeerCredentials?) -> Bool {
+        let more = state.withLock { state -> Bool in
+            if let limit, state.received >= limit { return false }
+            state.received += 1
+            if raw {
+                var line = Array(bytes)
+                line.append(UInt8(ascii: "\n"))
+                try? line.withUnsafeBytes { try StandardStreams.writeAll($0) }
+            } else {
+                let who = credentials.map { " " + describeCredentials($0) } ?? ""
+                Console.standardOutput.line("received \(pythonBytesLiteral(bytes)) from \(sender)\(who)")
+            }
+            return limit.map { state.received < $0 } ?? true
+        }
+        event.signal()
+        return more
+    }
+
+    func fail(_ error: any Error) {
+        state.withLock { $0.failure = $0.failure ?? error }
+        event.signal()
+    }
+
+    /// Waits until the count is reached, a receive fails, or `timeout`
+    /// seconds pass without a message.
+    func wait(timeout: Double?) -> Outcome {
+        while true {
+            let (received, failure) = state.withLock { ($0.received, $0.failure) }
+            if let failure { return .failed(failure) }
+            if let limit, received >= limit { return .done }
+            let signalled: Bool
+            if let timeout {
+                signalled = event.wait(timeout: .now() + timeout) == .success
+            } else {
+                event.wait()
+                signalled = true
+            }
+            if !signalled { return .quiet(received) }
+        }
+    }
+}
+
+private func receiveDatagrams(_ socket: DatagramSocket, tally: MessageTally) {
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maximumMessageSize, alignment: 1)
+    defer { buffer.deallocate() }
+    while true {
+        let receipt: ReceivedMessage
+        do {
+            receipt = try socket.receive(into: buffer)
+        } catch {
+            yieldToShutdown()
+            if error.code != .closed { tally.fail(error) }
+            return
+        }
+        let sender = (receipt.sender ?? .unnamed).description
+        if receipt.isTruncated {
+            report(SocketError("recvmsg", address: sender,
+                code: .messageTruncated(length: receipt.fullLength, capacity: maximumMessageSize)))
+        }
+        let bytes = UnsafeRawBufferPointer(rebasing: buffer[..<receipt.count])
+        if !tally.record(bytes, sender: sender, credentials: receipt.credentials) { return }
+    }
+}
+
+private func acceptConnections(_ listener: SeqpacketListener, tally: MessageTally, credentials: Bool) {
+    while true {
+        let socket: SeqpacketSocket
+        let peer: UnixAddress
+        do {
+            (socket, peer) = try listener.accept()
+        } catch {
+            yieldToShutdown()
+            if error.code == .closed { return }
+            if AcceptFailure.isPassing(error) { continue }
+            tally.fail(error)
+            return
+        }
+        let who = credentials ? try? socket.peerCredentials() : nil
+        Thread.detachNewThread {
+            defer { try? socket.close() }
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maximumMessageSize, alignment: 1)
+            defer { buffer.deallocate() }
+            while let receipt = try? socket.receive(into: buffer) {
+                if receipt.count == 0 && !receipt.isTruncated { return }
+                if receipt.isTruncated {
+                    report(SocketError("recvmsg", address: peer.description,
+                        code: .messageTruncated(length: receipt.fullLength, capacity: maximumMessageSize)))
+                }
+                let bytes = UnsafeRawBufferPointer(rebasing: buffer[..<receipt.count])
+                if !tally.record(bytes, sender: peer.description, credentials: who) { return }
+            }
+        }
+    }
+}
+
+/// Whether an accept failure is passing (an aborted connection, or out of
+/// descriptors for a moment): then it waits a little and says so.
+enum AcceptFailure {
+    static func isPassing(_ error: SocketError) -> Bool {
+        switch error.errno {
+        case .connectionAbort?, .interrupted?:
+            return true
+        case .tooManyOpenFiles?, .tooManyOpenFilesInSystem?, .noBufferSpace?, .noMemory?:
+            report(error)
+            Thread.sleep(forTimeInterval: 0.1)
+            return true
+        default:
+            return false
+        }
+    }
+}

@@ -1,0 +1,337 @@
+import ArgumentParser
+import Foundation
+import Synchronization
+import UDSKit
+
+struct Relay: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "relay",
+        abstract: "Relay bytes both ways between two endpoints, like socat: Unix sockets, TCP, standard I/O.",
+        discussion: """
+            FROM is where connections come from; TO is what each of them is relayed to:
+
+              PATH, unix:PATH        connect to a Unix socket path
+              @name, abstract:name   connect to a Linux abstract socket
+              tcp:HOST:PORT          connect over TCP (tcp:[::1]:PORT for IPv6)
+              unix-listen:PATH       FROM only: listen at a path (or unix-listen:@name)
+              tcp-listen:[HOST:]PORT FROM only: listen on a TCP port; the loopback address
+                                     127.0.0.1 unless a HOST such as 0.0.0.0 or [::] is
+                                     named; port 0 picks a free port
+              stdio                  standard input and output
+
+            With a listening FROM, each accepted connection gets its own connection to TO
+            and is relayed independently, at most --max-conns at once (more wait in the
+            listen backlog), until SIGINT or SIGTERM (or after one, with --once). Once
+            bound, uds prints "uds: listening on ENDPOINT" on standard error, with the
+            actual port for TCP. Otherwise FROM and TO are opened once, relayed, and uds
+            exits.
+
+            Each direction copies through one fixed 64 KiB buffer: a side that reads slowly
+            holds the other back (back-pressure); nothing is queued without bound. When one
+            side ends its stream, the other side's write direction is shut down (half-close),
+            and the opposite direction goes on until it ends too; then both are closed. An
+            error in either direction closes both. TCP connections have TCP_NODELAY on.
+
+            This is how a Unix socket service reaches beyond one host, and back.
+
+            Exit status: 0 at the normal end, 1 on an error (one line on standard error,
+            naming the endpoint and the cause). With a listening FROM, failures of single
+            connections are reported and the relay goes on.
+
+            Examples:
+              uds relay tcp-listen:8080 unix:/run/app.sock       # expose a service on TCP
+              uds relay unix-listen:/tmp/db.sock tcp:db.internal:5432
+              uds relay tcp-listen:0.0.0.0:2375 /var/run/docker.sock --max-conns 8
+              uds relay stdio @debug                             # like uds connect
+            """
+    )
+
+    @Argument(help: "Where connections come from: a listening endpoint, an endpoint to connect to, or stdio.")
+    var from: String
+
+    @Argument(help: "Where each connection is relayed to: an endpoint to connect to, or stdio.")
+    var to: String
+
+    @Option(name: .customLong("max-conns"), help: "The most connections relayed at once.")
+    var maxConnections = 100
+
+    @Flag(help: "Relay one connection, then exit.")
+    var once = false
+
+    @Flag(name: [.short, .long], help: "Report each connection and its byte counts on standard error.")
+    var verbose = false
+
+    @Option(help: "Give up connecting to TO after this long (seconds, or with ms/s/m).")
+    var timeout: DurationOption?
+
+    @Option(help: "unix-listen: the socket file's mode, in octal (e.g. 660).")
+    var mode: FileModeOption?
+
+    func validate() throws {
+        guard maxConnections >= 1 else { throw ValidationError("--max-conns must be at least 1") }
+    }
+
+    func run() throws {
+        let source = try RelayEndpoint.parse(from)
+        let target = try RelayEndpoint.parse(to)
+        if case .listen = target {
+            Console.standardError.line("uds: \(to): TO cannot listen; name an endpoint to connect to, or stdio")
+            throw ExitCode(64)
+        }
+        if case .stdio = source, case .stdio = target {
+            Console.standardError.line("uds: relay: FROM and TO cannot both be stdio")
+            throw ExitCode(64)
+        }
+        let log = RelayLog(verbose: verbose)
+        let connectTimeout = timeout?.duration
+        switch source {
+        case .listen(let endpoint):
+            try serve(endpoint, target: target, log: log, connectTimeout: connectTimeout)
+        case .connect, .stdio:
+            do {
+                let first = try source.open(timeout: connectTimeout)
+                let second: any ByteStream
+                do {
+                    second = try target.open(timeout: connectTimeout)
+                } catch {
+                    first.close()
+                    throw error
+                }
+                log.opened(1, from: source.description, to: target.description)
+                if !relayBothWays(first, second, id: 1, log: log) { throw ExitCode.failure }
+            } catch let error as SocketError {
+                report(error)
+                throw ExitCode.failure
+            }
+        }
+    }
+
+    /// Accepts connections at `endpoint` and relays each to `target`.
+    private func serve(_ endpoint: Endpoint, target: RelayEndpoint, log: RelayLog, connectTimeout: Duration?) throws {
+        let listener: EndpointListener
+        do {
+            listener = try EndpointListener.bind(to: endpoint, options: BindOptions(permissions: mode?.permissions))
+        } catch {
+            report(error)
+            throw ExitCode.failure
+        }
+        if listener.replacedStaleSocket { announceStaleReplaced(endpoint) }
+        exitOnShutdownSignals { try? listener.close() }
+        let shown = (try? listener.localEndpoint())?.description ?? endpoint.description
+        Console.standardError.line("uds: listening on \(shown)")
+
+        // Standard output can take one connection only.
+        let single: Bool
+        if case .stdio = target { single = true } else { single = once }
+        let slots = DispatchSemaphore(value: single ? 1 : maxConnections)
+        var id = 0
+        while true {
+            slots.wait()
+            let connection: Connection
+            let peer: Endpoint
+            do {
+                (connection, peer) = try listener.accept()
+            } catch {
+                if AcceptFailure.isPassing(error) {
+                    slots.signal()
+                    continue
+                }
+                yieldToShutdown()
+                report(error)
+                try? listener.close()
+                throw ExitCode.failure
+            }
+            id += 1
+            let number = id
+            let work: @Sendable () -> Bool = {
+                defer { slots.signal() }
+                let first = ConnectionStream(connection: connection)
+                let second: any ByteStream
+                do {
+                    second = try target.open(timeout: connectTimeout)
+                } catch {
+                    report(error)
+                    first.close()
+                    return false
+                }
+                log.opened(number, from: peer.description, to: target.description)
+                return relayBothWays(first, second, id: number, log: log)
+            }
+            if single {
+                try? listener.close()
+                if !work() { throw ExitCode.failure }
+                return
+            }
+            Thread.detachNewThread { _ = work() }
+        }
+    }
+}
+
+/// One side of a relay, as the command line names it.
+enum RelayEndpoint: CustomStringConvertible {
+    case connect(Endpoint)
+    case listen(Endpoint)
+    case stdio
+
+    static func parse(_ text: String) throws -> RelayEndpoint {
+        do {
+            return try parsing(text)
+        } catch {
+            report(error)
+            throw ExitCode.failure
+        }
+    }
+
+    private static func parsing(_ text: String) throws(SocketError) -> RelayEndpoint {
+        let lowered = text.lowercased()
+        if lowered == "stdio" || text == "-" { return .stdio }
+        if lowered.hasPrefix("tcp-listen:") {
+            do {
+                return .listen(try Endpoint("tcp:" + text.dropFirst("tcp-listen:".count)))
+            } catch {
+                var renamed = error
+                renamed.address = text
+                throw renamed
+            }
+        }
+        if lowered.hasPrefix("unix-listen:") {
+            return .listen(.unix(try UnixAddress(String(text.dropFirst("unix-listen:".count)))))
+        }
+        return .connect(try Endpoint(text))
+    }
+
+    var description: String {
+        switch self {
+        case .connect(let endpoint): endpoint.description
+        case .listen(let endpoint): endpoint.isTCP ? "tcp-listen:" + endpoint.description.dropFirst(4) : "unix-listen:\(endpoint)"
+        case .stdio: "stdio"
+        }
+    }
+
+    /// Opens a connect endpoint or standard I/O.
+    func open(timeout: Duration?) throws(SocketError) -> any ByteStream {
+        switch self {
+        case .connect(let endpoint):
+            return ConnectionStream(connection: try Connection.connect(to: endpoint, timeout: timeout))
+        case .stdio:
+            return StdioStream()
+        case .listen(let endpoint):
+            throw SocketError("connect", address: endpoint.description, code: .invalidArgument("a listening endpoint"))
+        }
+    }
+}
+
+/// One side of a relay: bytes in, bytes out, and a way to say "no more".
+protocol ByteStream: Sendable {
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
+    func writeAll(_ buffer: UnsafeRawBufferPointer) throws
+    /// No more writes: the other end reads end-of-stream (half-close).
+    func closeWrite()
+    /// Ends everything, and wakes calls blocked on other threads where it can.
+    func close()
+}
+
+struct ConnectionStream: ByteStream {
+    let connection: Connection
+
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int { try connection.read(into: buffer) }
+    func writeAll(_ buffer: UnsafeRawBufferPointer) throws { try connection.writeAll(buffer) }
+    func closeWrite() { try? connection.shutdown(.write) }
+    func close() { try? connection.close() }
+}
+
+struct StdioStream: ByteStream {
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int { try StandardStreams.read(into: buffer) }
+    func writeAll(_ buffer: UnsafeRawBufferPointer) throws { try StandardStreams.writeAll(buffer) }
+    func closeWrite() { StandardStreams.endOutput() }
+    /// A read of standard input cannot be woken; the process's exit ends it.
+    func close() {}
+}
+
+/// Relays `first` and `second` both ways until both directions have ended,
+/// then closes both. Returns false if either direction failed (reported).
+func relayBothWays(_ first: any ByteStream, _ second: any ByteStream, id: Int, log: RelayLog) -> Bool {
+    let session = RelaySession(first, second)
+    let forwardDone = DispatchSemaphore(value: 0)
+    let forward = Mutex<(bytes: Int, ok: Bool)>((0, true))
+    Thread.detachNewThread {
+        let result = session.copy(from: first, to: second)
+        forward.withLock { $0 = result }
+        forwardDone.signal()
+    }
+    let backward = session.copy(from: second, to: first)
+    // After an abort a direction blocked on standard input cannot be woken:
+    // wait for it only briefly.
+    if session.isAborted {
+        _ = forwardDone.wait(timeout: .now() + 2)
+    } else {
+        forwardDone.wait()
+    }
+    first.close()
+    second.close()
+    let (sent, forwardOK) = forward.withLock { $0 }
+    log.closed(id, forward: sent, backward: backward.bytes)
+    return forwardOK && backward.ok
+}
+
+/// The two sides of one relayed connection, and whether an error ended it.
+final class RelaySession: Sendable {
+    private let first: any ByteStream
+    private let second: any ByteStream
+    private let aborted = Atomic<Bool>(false)
+
+    init(_ first: any ByteStream, _ second: any ByteStream) {
+        self.first = first
+        self.second = second
+    }
+
+    var isAborted: Bool { aborted.load(ordering: .acquiring) }
+
+    /// Closes both sides, waking the other direction; once.
+    private func abort() {
+        guard !aborted.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        first.close()
+        second.close()
+    }
+
+    /// Copies until the end of `source`'s stream, then half-closes
+    /// `destination`. An error is reported and aborts both directions, unless
+    /// it only echoes an abort the other direction already reported.
+    func copy(from source: any ByteStream, to destination: any ByteStream) -> (bytes: Int, ok: Bool) {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: copyBufferSize, alignment: 1)
+        defer { buffer.deallocate() }
+        var total = 0
+        do {
+            while true {
+                let count = try source.read(into: buffer)
+                if count == 0 {
+                    destination.closeWrite()
+                    return (total, true)
+                }
+                try destination.writeAll(UnsafeRawBufferPointer(rebasing: buffer[..<count]))
+                total += count
+            }
+        } catch {
+            if !isAborted {
+                report(error)
+                abort()
+            }
+            return (total, false)
+        }
+    }
+}
+
+/// The --verbose lines on standard error.
+struct RelayLog: Sendable {
+    let verbose: Bool
+
+    func opened(_ id: Int, from: String, to: String) {
+        if verbose { Console.standardError.line("uds: connection \(id): \(from) <-> \(to)") }
+    }
+
+    func closed(_ id: Int, forward: Int, backward: Int) {
+        if verbose {
+            Console.standardError.line("uds: connection \(id) closed: \(forward) bytes forward, \(backward) bytes back")
+        }
+    }
+}
