@@ -4,7 +4,8 @@
     python3 Benchmarks/run.py [--reps 3] [--duration 3] [--servers c,udskit,nio,python]
 
 Servers: the C epoll server written here (the reference), UDSKit's
-`uds echo-server` (async, and thread-per-connection), SwiftNIO's echo server
+`uds echo-server` (async on its loop thread; async with tasks on Swift's global
+executor, to show what thread hops cost; thread per connection), SwiftNIO's echo server
 on one event loop, and Python asyncio. The load client is `uds bench` for all
 of them. Multi-connection and streaming cases pin the server to CPU 0 and the
 client to CPU 1; single-connection latency cases pin both to CPU 0, since
@@ -54,6 +55,9 @@ def build(workdir):
         "c": [c_server, "{path}"],
         "udskit": [uds, "echo-server", "{path}", "--quiet"],
         "udskit-threads": [uds, "echo-server", "{path}", "--quiet", "--io", "threads"],
+        # The same async server with its connection tasks on Swift's global
+        # executor: every wake-up is a hop from the loop thread to the pool.
+        "udskit-global": [uds, "echo-server", "{path}", "--quiet", "--executor", "global"],
         "nio": [nio, "{path}"],
         "python": [sys.executable, os.path.join(BENCH, "python", "echo_asyncio.py"), "{path}"],
     }, uds
@@ -96,7 +100,7 @@ def main():
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--servers", default="c,udskit,udskit-threads,nio,python")
+    parser.add_argument("--servers", default="c,udskit,udskit-global,udskit-threads,nio,python")
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args()
     for tool in ("taskset", "cc", "swift"):
