@@ -85,8 +85,8 @@ struct Bench: AsyncParsableCommand {
                 result = try await Task(executorPreference: loop) { try await stream(address, loop: loop) }.value
             }
             print(json ? result.json : result.text)
-        } catch let error as SocketError {
-            report(error)
+        } catch {
+            report(error)  // A socket error, or an echo that differs from what was sent.
             throw ExitCode.failure
         }
     }
