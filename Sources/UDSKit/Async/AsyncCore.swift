@@ -175,6 +175,37 @@ final class AsyncCore: Sendable {
         }
     }
 
+    /// Sends `buffer` with `descriptors` attached (to `address` if given);
+    /// checked before any system call.
+    func send(
+        _ buffer: UnsafeRawBufferPointer, descriptors: [CInt], to address: UnixAddress?, needsData: Bool,
+        deadline: ContinuousClock.Instant?
+    ) async throws -> Int {
+        try handle.validate(descriptors, with: buffer, needsData: needsData)
+        return try await perform(.write, "sendmsg", deadline: deadline) {
+            ControlMessages.send($0, buffer, descriptors: descriptors, to: address)
+        }
+    }
+
+    /// Receives with room for the kernel's limit of descriptors, after those
+    /// that plain reads kept; on failure the kept ones are put back.
+    func receiveWithDescriptors(
+        into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool, deadline: ContinuousClock.Instant?
+    ) async throws -> (ReceivedMessage, [ReceivedDescriptor]) {
+        let earlier = try handle.takeKept()
+        do {
+            let (message, descriptors) = try await perform(.read, handle.receiveOperation, deadline: deadline) {
+                (fd) throws(SocketError) in
+                try handle.receiveAttempt(
+                    fd, into: buffer, wantSender: wantSender, descriptorCapacity: ControlMessages.maximumDescriptors)
+            }
+            return (message, earlier + descriptors)
+        } catch {
+            handle.restoreKept(earlier)
+            throw error
+        }
+    }
+
     func writeAll(_ buffer: UnsafeRawBufferPointer, deadline: ContinuousClock.Instant?) async throws {
         var remaining = buffer
         while !remaining.isEmpty {

@@ -62,6 +62,36 @@ public final class AsyncDatagramSocket: Sendable {
         }
     }
 
+    /// Sends one message with `descriptors` attached (`SCM_RIGHTS`), to
+    /// `address` or, if `nil`, the connected address.
+    @discardableResult
+    public func send(
+        _ buffer: UnsafeRawBufferPointer, descriptors: [CInt], to address: UnixAddress? = nil, timeout: Duration? = nil
+    ) async throws -> Int {
+        try await core.send(
+            buffer, descriptors: descriptors, to: address, needsData: false, deadline: AsyncCore.deadline(after: timeout))
+    }
+
+    /// Receives one message, its sender and its descriptors (after any that plain receives kept).
+    public func receiveWithDescriptors(
+        into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil
+    ) async throws -> (message: ReceivedMessage, descriptors: [ReceivedDescriptor]) {
+        try await core.receiveWithDescriptors(into: buffer, wantSender: true, deadline: AsyncCore.deadline(after: timeout))
+    }
+
+    /// Linux: every message received from now on carries its sender's
+    /// credentials (`SO_PASSCRED`); see ``DatagramSocket/setReceivesCredentials(_:)``.
+    public func setReceivesCredentials(_ on: Bool) throws(SocketError) {
+        try core.handle.setReceivesCredentials(on)
+    }
+
+    /// Whether plain receives keep descriptors that arrive with messages; see
+    /// ``StreamSocket/keepsIncomingDescriptors``.
+    public var keepsIncomingDescriptors: Bool {
+        get { core.handle.keepsDescriptors.load(ordering: .relaxed) }
+        set { core.handle.keepsDescriptors.store(newValue, ordering: .relaxed) }
+    }
+
     /// The messages as they arrive, each at most `maximumSize` bytes; the
     /// sequence ends when the socket is closed.
     public func messages(maximumSize: Int = 65536) -> Messages {
@@ -165,6 +195,27 @@ public final class AsyncSeqpacketSocket: Sendable {
         try await core.perform(.read, "recvmsg", deadline: AsyncCore.deadline(after: timeout)) { (fd) throws(SocketError) in
             try core.receiveAttempt(fd, buffer, wantSender: false)
         }
+    }
+
+    /// Sends one message with `descriptors` attached (`SCM_RIGHTS`).
+    @discardableResult
+    public func send(_ buffer: UnsafeRawBufferPointer, descriptors: [CInt], timeout: Duration? = nil) async throws -> Int {
+        try await core.send(
+            buffer, descriptors: descriptors, to: nil, needsData: true, deadline: AsyncCore.deadline(after: timeout))
+    }
+
+    /// Receives one message with its descriptors (after any that plain receives kept).
+    public func receiveWithDescriptors(
+        into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil
+    ) async throws -> (message: ReceivedMessage, descriptors: [ReceivedDescriptor]) {
+        try await core.receiveWithDescriptors(into: buffer, wantSender: false, deadline: AsyncCore.deadline(after: timeout))
+    }
+
+    /// Whether plain receives keep descriptors that arrive with messages; see
+    /// ``StreamSocket/keepsIncomingDescriptors``.
+    public var keepsIncomingDescriptors: Bool {
+        get { core.handle.keepsDescriptors.load(ordering: .relaxed) }
+        set { core.handle.keepsDescriptors.store(newValue, ordering: .relaxed) }
     }
 
     /// The messages as they arrive; the sequence ends at the end of the connection.

@@ -195,6 +195,24 @@ public final class AsyncStreamSocket: Sendable {
         try core.attempt(.write, "write", exhausted: AsyncCore.filled(buffer.count)) { Sys.send($0, buffer) }
     }
 
+    /// Writes every byte of `buffer`, with `descriptors` riding on the first
+    /// bytes (`SCM_RIGHTS`); see ``StreamSocket/writeAll(_:descriptors:)``.
+    public func writeAll(_ buffer: UnsafeRawBufferPointer, descriptors: [CInt], timeout: Duration? = nil) async throws {
+        let deadline = AsyncCore.deadline(after: timeout)
+        let first = try await core.send(buffer, descriptors: descriptors, to: nil, needsData: true, deadline: deadline)
+        try await core.writeAll(UnsafeRawBufferPointer(rebasing: buffer[first...]), deadline: deadline)
+    }
+
+    /// Reads what has arrived with the descriptors that came with it, after
+    /// any that plain reads kept; see ``StreamSocket/receiveWithDescriptors(into:)``.
+    public func receiveWithDescriptors(
+        into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil
+    ) async throws -> (count: Int, descriptors: [ReceivedDescriptor]) {
+        let (message, descriptors) = try await core.receiveWithDescriptors(
+            into: buffer, wantSender: false, deadline: AsyncCore.deadline(after: timeout))
+        return (message.count, descriptors)
+    }
+
     /// Shuts down one or both directions; `.write` is the half-close.
     public func shutdown(_ direction: ShutdownDirection) throws(SocketError) {
         try core.handle.shutdown(direction)

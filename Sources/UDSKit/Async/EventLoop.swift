@@ -65,7 +65,11 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
 
     private func startThread() throws(SocketError) {
         let unmanaged = Unmanaged.passRetained(self)
+        #if canImport(Darwin)
+        var thread: pthread_t? = nil  // a pointer type on Darwin, an integer on Linux
+        #else
         var thread = pthread_t()
+        #endif
         let result = pthread_create(&thread, nil, { argument in
             #if canImport(Darwin)
             let loop = Unmanaged<EventLoop>.fromOpaque(argument).takeRetainedValue()
@@ -79,7 +83,11 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
             unmanaged.release()
             throw SocketError("pthread_create", errno: Errno(rawValue: result))
         }
+        #if canImport(Darwin)
+        if let thread { pthread_detach(thread) }
+        #else
         pthread_detach(thread)
+        #endif
     }
 
     /// Whether the caller runs on this loop's thread.

@@ -175,10 +175,15 @@ extension SocketHandle {
                 into: buffer, wantSender: wantSender, descriptorCapacity: ControlMessages.maximumDescriptors)
             return (message, earlier + descriptors)
         } catch {
-            // A failed receive (a timeout, say) must not lose what plain reads kept.
-            kept.withLock { $0.descriptors = earlier + $0.descriptors }
+            restoreKept(earlier)
             throw error
         }
+    }
+
+    /// Puts back what `takeKept` took: a failed receive (a timeout, say) must
+    /// not lose what plain reads kept.
+    func restoreKept(_ earlier: [ReceivedDescriptor]) {
+        if !earlier.isEmpty { kept.withLock { $0.descriptors = earlier + $0.descriptors } }
     }
 
     /// One `recvmsg`, with room for `descriptorCapacity` descriptors and, if
@@ -257,13 +262,18 @@ extension SocketHandle {
     func send(
         _ buffer: UnsafeRawBufferPointer, descriptors: [CInt], to address: UnixAddress?, needsData: Bool
     ) throws(SocketError) -> Int {
+        try validate(descriptors, with: buffer, needsData: needsData)
+        return try call("sendmsg") { ControlMessages.send($0, buffer, descriptors: descriptors, to: address) }
+    }
+
+    /// Checks, before any system call, that `descriptors` can travel with `buffer`.
+    func validate(_ descriptors: [CInt], with buffer: UnsafeRawBufferPointer, needsData: Bool) throws(SocketError) {
         if descriptors.count > ControlMessages.maximumDescriptors {
             throw error("sendmsg", code: .tooManyDescriptors(count: descriptors.count, limit: ControlMessages.maximumDescriptors))
         }
         if needsData && buffer.isEmpty && !descriptors.isEmpty {
             throw error("sendmsg", code: .invalidArgument("descriptors need at least one byte of data to travel with"))
         }
-        return try call("sendmsg") { ControlMessages.send($0, buffer, descriptors: descriptors, to: address) }
     }
 
     /// The peer's credentials. The corresponding C call is `getsockopt(SO_PEERCRED)`
