@@ -11,18 +11,60 @@ extension EchoServer {
         let loop = EventLoop.shared
         let chunk = self.chunk
         let showPeer = self.showPeer
-        // With the global executor, a task's code runs on Swift's thread pool and
-        // the scratch buffer cannot be borrowed: each wake-up is a thread hop.
-        let preference: (any TaskExecutor)? = executor == .loop ? loop : nil
+        await acceptAsync(listener.accept, transcript: transcript) { connection, peer, id in
+            await echo(connection, peer: peer, id: id, chunk: chunk, showPeer: showPeer, loop: loop, transcript: transcript)
+        }
+    }
+
+    /// Serves seqpacket connections on the shared event loop, one message at a time.
+    func serveAsync(_ listener: AsyncSeqpacketListener, transcript: Transcript) async {
+        let chunk = self.chunk
+        let showPeer = self.showPeer
+        await acceptAsync(listener.accept, transcript: transcript) { connection, peer, id in
+            await echo(connection, peer: peer, id: id, chunk: chunk, showPeer: showPeer, transcript: transcript)
+        }
+    }
+
+    /// Serves datagrams on the shared event loop.
+    func serveAsync(_ socket: AsyncDatagramSocket, transcript: Transcript) async throws {
+        transcript.say("waiting for a message")
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 1)
+        defer { buffer.deallocate() }
+        while true {
+            let receipt: ReceivedMessage
+            do {
+                receipt = try await socket.receive(into: buffer)
+            } catch let error as SocketError where error.code == .closed {
+                return
+            }
+            let message = UnsafeRawBufferPointer(rebasing: buffer[..<receipt.count])
+            guard let sender = replyAddress(for: message, receipt, transcript: transcript) else { continue }
+            do {
+                try await socket.send(message, to: sender)
+            } catch {
+                report(error)  // The client went away; keep serving the others.
+            }
+        }
+    }
+
+    /// Accepts connections and serves each in a child task of its own, on the
+    /// loop thread (or, with `--executor global`, on Swift's thread pool: a
+    /// thread hop per wake-up, to measure what that costs).
+    private func acceptAsync<Connection: Sendable>(
+        _ accept: @escaping @Sendable (Duration?) async throws -> (connection: Connection, peer: UnixAddress),
+        transcript: Transcript,
+        serve: @escaping @Sendable (Connection, UnixAddress, Int) async -> Void
+    ) async {
+        let preference: (any TaskExecutor)? = executor == .loop ? EventLoop.shared : nil
         await withTaskExecutorPreference(preference) {
             await withDiscardingTaskGroup { group in
                 transcript.say("waiting for a connection")
                 var nextID = 0
                 while true {
-                    let connection: AsyncStreamSocket
+                    let connection: Connection
                     let peer: UnixAddress
                     do {
-                        (connection, peer) = try await listener.accept()
+                        (connection, peer) = try await accept(nil)
                     } catch let error as SocketError {
                         if ShutdownSignals.received.load(ordering: .acquiring) || error.code == .closed { return }
                         guard let pause = Self.pauseAfterAcceptFailure(error) else {
@@ -37,12 +79,46 @@ extension EchoServer {
                     nextID += 1
                     let id = nextID
                     transcript.opened(id)
-                    group.addTask {
-                        await echo(connection, peer: peer, id: id, chunk: chunk, showPeer: showPeer, loop: loop, transcript: transcript)
-                    }
+                    group.addTask { await serve(connection, peer, id) }
                 }
             }
         }
+    }
+}
+
+/// Echoes one seqpacket connection, message by message.
+private func echo(
+    _ connection: AsyncSeqpacketSocket, peer: UnixAddress, id: Int, chunk: Int, showPeer: Bool, transcript: Transcript
+) async {
+    defer {
+        try? connection.close()
+        transcript.closed(id)
+    }
+    connection.keepsIncomingDescriptors = false
+    transcript.say("connection from \(peer.classicText)", client: id)
+    if showPeer {
+        let credentials = try? connection.peerCredentials()
+        transcript.say("peer \(credentials.map(describe) ?? "credentials unavailable")", client: id)
+    }
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 1)
+    defer { buffer.deallocate() }
+    do {
+        while true {
+            let receipt = try await connection.receive(into: buffer)
+            let data = UnsafeRawBufferPointer(rebasing: buffer[..<receipt.count])
+            transcript.say("received \(pythonBytesLiteral(data))", client: id)
+            if receipt.count == 0 && !receipt.isTruncated {
+                transcript.say("no data from \(peer.classicText)", client: id)
+                return
+            }
+            if receipt.isTruncated {
+                report(SocketError("recvmsg", address: peer.description, code: .messageTruncated(length: nil, capacity: chunk)))
+            }
+            transcript.say("sending data back to the client", client: id)
+            try await connection.send(data)
+        }
+    } catch {
+        if !ShutdownSignals.received.load(ordering: .acquiring) { report(error) }
     }
 }
 

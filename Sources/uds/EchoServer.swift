@@ -49,7 +49,7 @@ struct EchoServer: AsyncParsableCommand {
     @Flag(help: "Print each client's pid, uid and gid (and on Linux its command name).")
     var showPeer = false
 
-    @Option(help: "How stream connections are served: async (one event-loop thread) or threads (one per connection).")
+    @Option(help: "How the server runs: async (one event-loop thread) or threads (the blocking API; a thread per connection).")
     var io: IOModel = .async
 
     enum IOModel: String, ExpressibleByArgument, CaseIterable {
@@ -105,6 +105,22 @@ struct EchoServer: AsyncParsableCommand {
                         return (StreamEchoConnection(socket: connection), peer)
                     },
                     close: { try? listener.close() }, transcript: transcript)
+            case .seqpacket where io == .async:
+                let listener = try AsyncSeqpacketListener.bind(to: address, options: options, admitting: access)
+                announce(replacedStale: listener.replacedStaleSocket, address: self.address)
+                ShutdownSignals.install { _ in
+                    try? listener.close()
+                    Foundation.exit(0)
+                }
+                await serveAsync(listener, transcript: transcript)
+            case .dgram where io == .async:
+                let socket = try AsyncDatagramSocket.bind(to: address, options: options)
+                announce(replacedStale: socket.replacedStaleSocket, address: self.address)
+                ShutdownSignals.install { _ in
+                    try? socket.close()
+                    Foundation.exit(0)
+                }
+                try await serveAsync(socket, transcript: transcript)
             case .seqpacket:
                 let listener = try SeqpacketListener.bind(to: address, options: options, admitting: access)
                 try serveConnections(
@@ -201,23 +217,34 @@ struct EchoServer: AsyncParsableCommand {
             }
             if ShutdownSignals.received.load(ordering: .acquiring) { return }
             let message = UnsafeRawBufferPointer(rebasing: buffer[..<receipt.count])
-            let sender = receipt.sender ?? .unnamed
-            transcript.say("received \(pythonBytesLiteral(message)) from \(sender.classicText)")
-            if receipt.isTruncated {
-                report(SocketError("recvmsg", address: sender.description,
-                    code: .messageTruncated(length: receipt.fullLength, capacity: chunk)))
-            }
-            guard sender.kind != .unnamed else {
-                Console.standardError.line("uds: sendto: cannot reply: the sender did not bind an address")
-                continue
-            }
-            transcript.say("sending data back to \(sender)")
+            guard let sender = replyAddress(for: message, receipt, transcript: transcript) else { continue }
             do {
                 try socket.send(message, to: sender)
             } catch {
                 report(error)  // The client went away; keep serving the others.
             }
         }
+    }
+}
+
+extension EchoServer {
+    /// Prints a received datagram the classic way and says where its echo goes:
+    /// `nil` for a sender that did not bind an address, which cannot be answered.
+    func replyAddress(
+        for message: UnsafeRawBufferPointer, _ receipt: ReceivedMessage, transcript: Transcript
+    ) -> UnixAddress? {
+        let sender = receipt.sender ?? .unnamed
+        transcript.say("received \(pythonBytesLiteral(message)) from \(sender.classicText)")
+        if receipt.isTruncated {
+            report(SocketError("recvmsg", address: sender.description,
+                code: .messageTruncated(length: receipt.fullLength, capacity: chunk)))
+        }
+        guard sender.kind != .unnamed else {
+            Console.standardError.line("uds: sendto: cannot reply: the sender did not bind an address")
+            return nil
+        }
+        transcript.say("sending data back to \(sender)")
+        return sender
     }
 }
 

@@ -2,14 +2,17 @@
 /// Sends wait while the receiver's queue is full; nothing is dropped.
 public final class AsyncDatagramSocket: Sendable {
     let core: AsyncCore
+    /// Whether binding replaced a stale socket file.
+    public let replacedStaleSocket: Bool
 
-    init(core: AsyncCore) {
+    init(core: AsyncCore, replacedStaleSocket: Bool = false) {
         self.core = core
+        self.replacedStaleSocket = replacedStaleSocket
     }
 
     /// Takes over a blocking datagram socket (bound, connected or neither).
     public convenience init(_ socket: DatagramSocket, on loop: EventLoop = .shared) throws(SocketError) {
-        self.init(core: try AsyncCore(adopting: socket.handle, loop: loop))
+        self.init(core: try AsyncCore(adopting: socket.handle, loop: loop), replacedStaleSocket: socket.replacedStaleSocket)
     }
 
     /// A socket bound to `address`, with the safe-bind rules of ``StreamListener``.
@@ -116,12 +119,17 @@ public final class AsyncSeqpacketListener: Sendable {
     public let address: UnixAddress
     /// Which peers ``accept(timeout:)`` lets through.
     public let accessPolicy: AccessPolicy
+    /// Whether binding removed a stale socket file first.
+    public let replacedStaleSocket: Bool
 
-    private init(core: AsyncCore, loop: EventLoop, address: UnixAddress, accessPolicy: AccessPolicy) {
+    private init(
+        core: AsyncCore, loop: EventLoop, address: UnixAddress, accessPolicy: AccessPolicy, replacedStaleSocket: Bool
+    ) {
         self.core = core
         self.loop = loop
         self.address = address
         self.accessPolicy = accessPolicy
+        self.replacedStaleSocket = replacedStaleSocket
     }
 
     /// Binds and listens, with the safe-bind rules of ``StreamListener``.
@@ -130,9 +138,10 @@ public final class AsyncSeqpacketListener: Sendable {
         admitting accessPolicy: AccessPolicy = .everyone, on loop: EventLoop = .shared
     ) throws(SocketError) -> AsyncSeqpacketListener {
         let handle = try SocketHandle.open(.seqpacket, operation: "bind", label: address.description, nonBlocking: true)
-        _ = try handle.bindAndListen(to: address, options: options)
+        let replaced = try handle.bindAndListen(to: address, options: options)
         return AsyncSeqpacketListener(
-            core: try AsyncCore(handle: handle, loop: loop), loop: loop, address: address, accessPolicy: accessPolicy)
+            core: try AsyncCore(handle: handle, loop: loop), loop: loop, address: address, accessPolicy: accessPolicy,
+            replacedStaleSocket: replaced)
     }
 
     /// Waits for the next connection the access policy admits.
