@@ -95,11 +95,7 @@ private func echo(
         transcript.closed(id)
     }
     connection.keepsIncomingDescriptors = false
-    transcript.say("connection from \(peer.classicText)", client: id)
-    if showPeer {
-        let credentials = try? connection.peerCredentials()
-        transcript.say("peer \(credentials.map(describe) ?? "credentials unavailable")", client: id)
-    }
+    transcript.connected(peer, client: id, credentials: showPeer ? { try? connection.peerCredentials() } : nil)
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 1)
     defer { buffer.deallocate() }
     do {
@@ -132,11 +128,7 @@ private func echo(
     }
     // An echo server has no use for descriptors a client sends: plain recv.
     connection.keepsIncomingDescriptors = false
-    transcript.say("connection from \(peer.classicText)", client: id)
-    if showPeer {
-        let credentials = try? connection.peerCredentials()
-        transcript.say("peer \(credentials.map(describe) ?? "credentials unavailable")", client: id)
-    }
+    transcript.connected(peer, client: id, credentials: showPeer ? { try? connection.peerCredentials() } : nil)
     do {
         while true {
             try await connection.readable()

@@ -286,11 +286,7 @@ private func echo(
         connection.close()
         transcript.closed(id)
     }
-    transcript.say("connection from \(peer.classicText)", client: id)
-    if showPeer {
-        let credentials = connection.peerCredentials()
-        transcript.say("peer \(credentials.map(describe) ?? "credentials unavailable")", client: id)
-    }
+    transcript.connected(peer, client: id, credentials: showPeer ? { connection.peerCredentials() } : nil)
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 1)
     defer { buffer.deallocate() }
     do {
@@ -358,6 +354,14 @@ final class Transcript: Sendable {
             } else {
                 Console.standardOutput.line(line)
             }
+        }
+    }
+
+    /// The classic `connection from` line and, with --show-peer, who it is.
+    func connected(_ peer: UnixAddress, client: Int, credentials: (() -> PeerCredentials?)?) {
+        say("connection from \(peer.classicText)", client: client)
+        if let credentials {
+            say("peer \(credentials().map(describe) ?? "credentials unavailable")", client: client)
         }
     }
 
