@@ -62,27 +62,15 @@ final class AsyncCore: Sendable {
         _ attempt: (CInt) throws(SocketError) -> Result<R, Errno>
     ) async throws -> R {
         while true {
-            let observed = registration.tick(direction)
-            if blockedTick(direction) == observed && !registration.hasEnded(direction) {
-                try await registration.wait(direction, after: observed, deadline: deadline, operation: operation)
-                continue
-            }
-            let result = try handle.withDescriptor(operation) { (fd) throws(SocketError) in try attempt(fd) }
-            switch result {
-            case .success(let value):
-                if exhausted(value) { markBlocked(direction, at: observed) }
-                return value
-            case .failure(.wouldBlock):
-                markBlocked(direction, at: observed)
-                registration.clearEnded(direction)
-                try await registration.wait(direction, after: observed, deadline: deadline, operation: operation)
-            case .failure(let errno):
-                throw handle.error(operation, errno)
-            }
+            if let value = try self.attempt(direction, operation, exhausted: exhausted, attempt) { return value }
+            // It would block, as of the tick it marked: wait for a later edge.
+            try await registration.wait(
+                direction, after: blockedTick(direction), deadline: deadline, operation: operation)
         }
     }
 
-    /// One attempt, without waiting: `nil` if it would block.
+    /// One attempt, without waiting: `nil` if it would block (or, by the
+    /// last short read or write, is known to).
     func attempt<R>(
         _ direction: Registration.Direction, _ operation: String,
         exhausted: (R) -> Bool = { _ in false },
