@@ -2,7 +2,7 @@ import Foundation
 import Glibc
 import Synchronization
 import Testing
-import UDSKit
+@testable import UDSKit
 
 /// A deterministic byte pattern, different for each stream, to catch reordering.
 private func pattern(_ count: Int, seed: UInt8 = 0) -> [UInt8] {
@@ -342,5 +342,33 @@ struct AsyncSocketTests {
         }
         try client.close()
         #expect(try await server.value == messages.count)
+    }
+}
+
+@Suite("Async timers")
+struct AsyncTimerTests {
+    /// Operations that finish long before their timeout leave no timer behind
+    /// for long: a busy loop of timed reads must not pile up deadlines.
+    @Test func finishedOperationsDoNotPileUpTimers() async throws {
+        let loop = try EventLoop()
+        let (first, second) = try StreamSocket.makePair()
+        let reader = try AsyncStreamSocket(first, on: loop)
+        let writer = try AsyncStreamSocket(second, on: loop)
+        defer {
+            try? reader.close()
+            try? writer.close()
+        }
+        let rounds = 5000
+        try await Task(executorPreference: loop) {
+            for round in 0..<rounds {
+                // The read waits (and arms a one-hour timer) until the write lands.
+                async let byte = reader.read(upTo: 1, timeout: .seconds(3600))
+                try await Task.sleep(for: .microseconds(1))
+                try await writer.writeAll([UInt8(truncatingIfNeeded: round)])
+                #expect(try await byte == [UInt8(truncatingIfNeeded: round)])
+            }
+        }.value
+        let pending = await loop.pendingTimerCount
+        #expect(pending < 200, "\(pending) timers still pending after \(rounds) finished reads")
     }
 }

@@ -192,34 +192,67 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         registrations.withLock { $0[registration.token] = nil }
     }
 
-    /// Calls `action` on the loop thread at `deadline` (or soon after).
-    func schedule(at deadline: ContinuousClock.Instant, _ action: @escaping @Sendable () -> Void) {
+    /// Runs `timer`'s action on the loop thread at its deadline (or soon after),
+    /// unless it is cancelled first.
+    func schedule(_ timer: LoopTimer) {
         if inEventLoop {
-            timers.insert(deadline, action)
+            timers.insert(timer)
         } else {
             // Timers belong to the loop thread: hand the insertion over.
-            Task(executorPreference: self) { self.timers.insert(deadline, action) }
+            Task(executorPreference: self) { self.timers.insert(timer) }
         }
+    }
+
+    /// How many timers wait, cancelled ones included (for tests).
+    var pendingTimerCount: Int {
+        get async { await Task(executorPreference: self) { self.timers.count }.value }
+    }
+}
+
+/// An action at a deadline, on the loop thread. Cancelled timers stay in the
+/// heap until they reach its top or the heap is compacted, so a busy program
+/// whose operations finish well before their timeouts does not pile them up.
+final class LoopTimer: Sendable {
+    let deadline: ContinuousClock.Instant
+    let action: @Sendable () -> Void
+    /// 0 pending, 1 cancelled, 2 fired.
+    private let state = Atomic<UInt8>(0)
+
+    init(deadline: ContinuousClock.Instant, action: @escaping @Sendable () -> Void) {
+        self.deadline = deadline
+        self.action = action
+    }
+
+    /// Keeps the action from running; later calls do nothing.
+    func cancel() {
+        _ = state.compareExchange(expected: 0, desired: 1, ordering: .relaxed)
+    }
+
+    var isCancelled: Bool { state.load(ordering: .relaxed) == 1 }
+
+    /// Runs the action unless it was cancelled.
+    fileprivate func fire() {
+        if state.compareExchange(expected: 0, desired: 2, ordering: .relaxed).exchanged { action() }
     }
 }
 
 /// Deadlines waiting on the loop thread, soonest first.
 struct TimerHeap {
-    private var entries: [(deadline: ContinuousClock.Instant, action: @Sendable () -> Void)] = []
+    private var entries: [LoopTimer] = []
 
-    mutating func insert(_ deadline: ContinuousClock.Instant, _ action: @escaping @Sendable () -> Void) {
-        entries.append((deadline, action))
-        var child = entries.count - 1
-        while child > 0 {
-            let parent = (child - 1) / 2
-            guard entries[child].deadline < entries[parent].deadline else { break }
-            entries.swapAt(child, parent)
-            child = parent
-        }
+    var count: Int { entries.count }
+
+    mutating func insert(_ timer: LoopTimer) {
+        // Before it grows past a point, drop what was cancelled: each completed
+        // operation with a timeout leaves one behind.
+        if entries.count >= 64 && entries.count.isPowerOfTwo { removeCancelled() }
+        entries.append(timer)
+        siftUp(entries.count - 1)
     }
 
     /// -1 if there is no timer: wait for readiness alone.
-    func millisecondsUntilNext(now: ContinuousClock.Instant) -> CInt {
+    mutating func millisecondsUntilNext(now: ContinuousClock.Instant) -> CInt {
+        while let first = entries.first, first.isCancelled { _ = removeFirst() }
         guard let first = entries.first else { return -1 }
         let remaining = now.duration(to: first.deadline)
         if remaining <= .zero { return 0 }
@@ -231,27 +264,53 @@ struct TimerHeap {
 
     mutating func fire(now: ContinuousClock.Instant) {
         while let first = entries.first, first.deadline <= now {
-            let action = removeFirst()
-            action()
+            removeFirst().fire()
         }
     }
 
-    private mutating func removeFirst() -> @Sendable () -> Void {
-        let action = entries[0].action
+    private mutating func removeCancelled() {
+        let before = entries.count
+        entries.removeAll { $0.isCancelled }
+        guard entries.count != before else { return }
+        // Rebuild the heap order (Floyd's method: linear time).
+        for index in stride(from: entries.count / 2 - 1, through: 0, by: -1) { siftDown(index) }
+    }
+
+    private mutating func removeFirst() -> LoopTimer {
+        let first = entries[0]
         let last = entries.removeLast()
-        guard !entries.isEmpty else { return action }
-        entries[0] = last
-        var parent = 0
+        if !entries.isEmpty {
+            entries[0] = last
+            siftDown(0)
+        }
+        return first
+    }
+
+    private mutating func siftUp(_ index: Int) {
+        var child = index
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard entries[child].deadline < entries[parent].deadline else { break }
+            entries.swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    private mutating func siftDown(_ index: Int) {
+        var parent = index
         while true {
             let left = 2 * parent + 1
             let right = left + 1
             var smallest = parent
             if left < entries.count && entries[left].deadline < entries[smallest].deadline { smallest = left }
             if right < entries.count && entries[right].deadline < entries[smallest].deadline { smallest = right }
-            if smallest == parent { break }
+            if smallest == parent { return }
             entries.swapAt(parent, smallest)
             parent = smallest
         }
-        return action
     }
+}
+
+extension Int {
+    fileprivate var isPowerOfTwo: Bool { self > 0 && self & (self - 1) == 0 }
 }

@@ -25,9 +25,17 @@ final class Registration: Sendable {
     private let readEnded = Atomic<Bool>(false)
     private let waiters = Mutex(Waiters())
 
-    private struct Waiter {
+    fileprivate struct Waiter {
         var id: UInt64
         var continuation: UnsafeContinuation<Void, any Error>
+        /// The wait's deadline, cancelled when the wait ends another way.
+        var timer: LoopTimer?
+
+        /// Ends the wait: its deadline no longer matters.
+        func resume(throwing error: (any Error)? = nil) {
+            timer?.cancel()
+            if let error { continuation.resume(throwing: error) } else { continuation.resume() }
+        }
     }
 
     private struct Waiters {
@@ -83,8 +91,8 @@ final class Registration: Sendable {
             }
             return (reader, writer)
         }
-        reader?.continuation.resume()
-        writer?.continuation.resume()
+        reader?.resume()
+        writer?.resume()
     }
 
     /// Waits until readiness in `direction` moves past `observed`.
@@ -98,6 +106,7 @@ final class Registration: Sendable {
         let waitID = Atomic<UInt64>(UInt64.max)
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+                var timer: LoopTimer?
                 let outcome: (any Error)?? = waiters.withLock { waiters in
                     if waiters.closed { return .some(handle.error(operation, code: .closed)) }
                     if Task.isCancelled { return .some(CancellationError()) }
@@ -106,7 +115,14 @@ final class Registration: Sendable {
                     if tick(direction) != observed || hasEnded(direction) { return .some(nil) }
                     waiters.nextID += 1
                     let id = waiters.nextID
-                    let waiter = Waiter(id: id, continuation: continuation)
+                    timer = deadline.map { deadline in
+                        // Weak: a pending timer must not keep a dropped socket open.
+                        LoopTimer(deadline: deadline) { [weak self] in
+                            guard let self else { return }
+                            self.abandon(direction, id: id, with: self.handle.error(operation, code: .timedOut))
+                        }
+                    }
+                    let waiter = Waiter(id: id, continuation: continuation, timer: timer)
                     if direction == .read { waiters.reader = waiter } else { waiters.writer = waiter }
                     waitID.store(id, ordering: .releasing)
                     return nil
@@ -115,12 +131,8 @@ final class Registration: Sendable {
                 case .some(.some(let error)): continuation.resume(throwing: error)
                 case .some(.none): continuation.resume()
                 case .none:
-                    if let deadline {
-                        let id = waitID.load(ordering: .acquiring)
-                        loop.schedule(at: deadline) { [self] in
-                            self.abandon(direction, id: id, with: handle.error(operation, code: .timedOut))
-                        }
-                    }
+                    // If the wait already ended, the timer is cancelled and harmless.
+                    if let timer { loop.schedule(timer) }
                 }
             }
         } onCancel: {
@@ -140,7 +152,7 @@ final class Registration: Sendable {
                 return waiters.writer.take()
             }
         }
-        waiter?.continuation.resume(throwing: error)
+        waiter?.resume(throwing: error)
     }
 
     /// Stops watching, once: waiters fail with `.closed`, and no new wait starts.
@@ -159,17 +171,15 @@ final class Registration: Sendable {
             return (!waiters.closed, waiters.reader.take(), waiters.writer.take())
         }
         if first { loop.deregister(self) }
-        return DetachedWaiters(
-            continuations: [reader?.continuation, writer?.continuation].compactMap { $0 },
-            error: handle.error("close", code: .closed))
+        return DetachedWaiters(waiters: [reader, writer].compactMap { $0 }, error: handle.error("close", code: .closed))
     }
 
     struct DetachedWaiters {
-        let continuations: [UnsafeContinuation<Void, any Error>]
+        fileprivate let waiters: [Waiter]
         let error: SocketError
 
         func resume() {
-            for continuation in continuations { continuation.resume(throwing: error) }
+            for waiter in waiters { waiter.resume(throwing: error) }
         }
     }
 }
