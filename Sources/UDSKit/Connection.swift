@@ -65,9 +65,7 @@ public final class Connection: Sendable {
 
     /// Reads what has arrived, up to `maximumCount` bytes; empty at the end of the stream.
     public func read(upTo maximumCount: Int) throws(SocketError) -> [UInt8] {
-        try [UInt8](unsafeUninitializedCapacity: maximumCount) { (buffer, initialized) throws(SocketError) in
-            initialized = try handle.read(into: UnsafeMutableRawBufferPointer(buffer))
-        }
+        try handle.read(upTo: maximumCount)
     }
 
     /// Reads exactly `buffer.count` bytes.
@@ -79,10 +77,7 @@ public final class Connection: Sendable {
     /// Reads exactly `count` bytes.
     /// - Throws: `.unexpectedEndOfStream` if the peer closes first.
     public func readExactly(_ count: Int) throws(SocketError) -> [UInt8] {
-        try [UInt8](unsafeUninitializedCapacity: count) { (buffer, initialized) throws(SocketError) in
-            try handle.readExactly(into: UnsafeMutableRawBufferPointer(buffer))
-            initialized = count
-        }
+        try handle.readExactly(count)
     }
 
     /// Writes some of `buffer` and returns how much; see ``writeAll(_:)``.

@@ -75,12 +75,7 @@ public final class DatagramSocket: Sendable {
     /// Receives one message of at most `maximumSize` bytes and its sender.
     /// - Returns: The bytes, and the receipt; check `isTruncated`.
     public func receive(maximumSize: Int = 65536) throws(SocketError) -> (bytes: [UInt8], receipt: ReceivedMessage) {
-        var receipt = ReceivedMessage(count: 0, isTruncated: false)
-        let bytes = try [UInt8](unsafeUninitializedCapacity: maximumSize) { (buffer, initialized) throws(SocketError) in
-            receipt = try handle.receiveMessage(into: UnsafeMutableRawBufferPointer(buffer), wantSender: true)
-            initialized = receipt.count
-        }
-        return (bytes, receipt)
+        try handle.receiveMessage(maximumSize: maximumSize, wantSender: true)
     }
 
     /// A receive that waits longer than `timeout` fails with `.timedOut`; `nil` waits forever.

@@ -89,12 +89,7 @@ public final class SeqpacketSocket: Sendable {
 
     /// Receives one message of at most `maximumSize` bytes; empty at the end.
     public func receive(maximumSize: Int = 65536) throws(SocketError) -> (bytes: [UInt8], receipt: ReceivedMessage) {
-        var receipt = ReceivedMessage(count: 0, isTruncated: false)
-        let bytes = try [UInt8](unsafeUninitializedCapacity: maximumSize) { (buffer, initialized) throws(SocketError) in
-            receipt = try handle.receiveMessage(into: UnsafeMutableRawBufferPointer(buffer), wantSender: false)
-            initialized = receipt.count
-        }
-        return (bytes, receipt)
+        try handle.receiveMessage(maximumSize: maximumSize, wantSender: false)
     }
 
     /// Shuts down one or both directions. The corresponding C function is `shutdown`.

@@ -53,12 +53,7 @@ public final class StreamSocket: Sendable {
 
     /// Reads what has arrived, up to `maximumCount` bytes; empty at the end of the stream.
     public func read(upTo maximumCount: Int) throws(SocketError) -> [UInt8] {
-        var count = 0
-        let bytes = try [UInt8](unsafeUninitializedCapacity: maximumCount) { (buffer, initialized) throws(SocketError) in
-            count = try handle.read(into: UnsafeMutableRawBufferPointer(buffer))
-            initialized = count
-        }
-        return bytes
+        try handle.read(upTo: maximumCount)
     }
 
     /// Reads exactly `buffer.count` bytes.
@@ -70,10 +65,7 @@ public final class StreamSocket: Sendable {
     /// Reads exactly `count` bytes.
     /// - Throws: `.unexpectedEndOfStream` if the peer closes first.
     public func readExactly(_ count: Int) throws(SocketError) -> [UInt8] {
-        try [UInt8](unsafeUninitializedCapacity: count) { (buffer, initialized) throws(SocketError) in
-            try handle.readExactly(into: UnsafeMutableRawBufferPointer(buffer))
-            initialized = count
-        }
+        try handle.readExactly(count)
     }
 
     /// Writes some of `buffer` and returns how much; see ``writeAll(_:)``.

@@ -76,6 +76,15 @@ struct EchoClient: ParsableCommand {
         Console.standardOutput.line(line)
     }
 
+    /// Prints a message reply; a reply cut to fit is an error, not an echo.
+    private func sayReply(_ reply: [UInt8], _ receipt: ReceivedMessage, from server: UnixAddress) throws(SocketError) {
+        say("received \(pythonBytesLiteral(reply))")
+        if receipt.isTruncated {
+            throw SocketError("recvmsg", address: server.description,
+                code: .messageTruncated(length: receipt.fullLength, capacity: reply.count))
+        }
+    }
+
     private func runStream(server: UnixAddress, local: UnixAddress?, message: [UInt8]) throws(SocketError) {
         say("connecting to \(server)")
         let socket = try StreamSocket.connect(to: server, from: local)
@@ -115,11 +124,7 @@ struct EchoClient: ParsableCommand {
             throw SocketError("recvmsg", address: server.description,
                 code: .unexpectedEndOfStream(received: 0, expected: message.count))
         }
-        say("received \(pythonBytesLiteral(reply))")
-        if receipt.isTruncated {
-            throw SocketError("recvmsg", address: server.description,
-                code: .messageTruncated(length: receipt.fullLength, capacity: reply.count))
-        }
+        try sayReply(reply, receipt, from: server)
     }
 
     private func runDatagram(server: UnixAddress, local: UnixAddress, message: [UInt8]) throws(SocketError) {
@@ -138,10 +143,6 @@ struct EchoClient: ParsableCommand {
         say("sending \(pythonBytesLiteral(message))")
         try socket.send(message)
         let (reply, receipt) = try socket.receive(maximumSize: max(chunk, message.count))
-        say("received \(pythonBytesLiteral(reply))")
-        if receipt.isTruncated {
-            throw SocketError("recvmsg", address: server.description,
-                code: .messageTruncated(length: receipt.fullLength, capacity: reply.count))
-        }
+        try sayReply(reply, receipt, from: server)
     }
 }

@@ -138,6 +138,31 @@ extension SocketHandle {
         }
     }
 
+    /// Reads what has arrived, up to `maximumCount` bytes, as an array.
+    func read(upTo maximumCount: Int) throws(SocketError) -> [UInt8] {
+        try [UInt8](unsafeUninitializedCapacity: maximumCount) { (buffer, initialized) throws(SocketError) in
+            initialized = try read(into: UnsafeMutableRawBufferPointer(buffer))
+        }
+    }
+
+    /// Reads exactly `count` bytes as an array, or fails with `.unexpectedEndOfStream`.
+    func readExactly(_ count: Int) throws(SocketError) -> [UInt8] {
+        try [UInt8](unsafeUninitializedCapacity: count) { (buffer, initialized) throws(SocketError) in
+            try readExactly(into: UnsafeMutableRawBufferPointer(buffer))
+            initialized = count
+        }
+    }
+
+    /// Receives one message of at most `maximumSize` bytes as an array, with its receipt.
+    func receiveMessage(maximumSize: Int, wantSender: Bool) throws(SocketError) -> (bytes: [UInt8], receipt: ReceivedMessage) {
+        var receipt = ReceivedMessage(count: 0, isTruncated: false)
+        let bytes = try [UInt8](unsafeUninitializedCapacity: maximumSize) { (buffer, initialized) throws(SocketError) in
+            receipt = try receiveMessage(into: UnsafeMutableRawBufferPointer(buffer), wantSender: wantSender)
+            initialized = receipt.count
+        }
+        return (bytes, receipt)
+    }
+
     /// Fills `buffer` completely, or fails with `.unexpectedEndOfStream`.
     func readExactly(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) {
         var filled = 0
