@@ -32,6 +32,12 @@ public struct BindOptions: Sendable {
     /// The listen backlog, for listeners; `nil` means the system's maximum, `SOMAXCONN`.
     public var backlog: Int?
 
+    /// Listeners: told when `accept` got through a failure it recovers from
+    /// (out of descriptors or memory, a peer whose credentials could not be
+    /// read). Servers log it; `accept` itself goes on. Called on the
+    /// accepting thread: keep it short.
+    public var onAcceptRecovery: (@Sendable (AcceptRecoveryEvent) -> Void)?
+
     /// When an owner or group is set, the socket file is created with owner-only
     /// permissions, handed over, and only then given `permissions` (0660 if
     /// `nil`), so nobody else can connect before it is theirs.
@@ -41,13 +47,35 @@ public struct BindOptions: Sendable {
         group: UInt32? = nil,
         replaceStaleSocket: Bool = true,
         removeOnClose: Bool = true,
-        backlog: Int? = nil
+        backlog: Int? = nil,
+        onAcceptRecovery: (@Sendable (AcceptRecoveryEvent) -> Void)? = nil
     ) {
+        self.onAcceptRecovery = onAcceptRecovery
         self.permissions = permissions
         self.owner = owner
         self.group = group
         self.replaceStaleSocket = replaceStaleSocket
         self.removeOnClose = removeOnClose
         self.backlog = backlog
+    }
+}
+
+/// How a listener got through an `accept` failure without failing the call.
+public enum AcceptRecoveryEvent: Sendable, CustomStringConvertible {
+    /// Out of descriptors: one pending connection was accepted and closed at
+    /// once through the reserve descriptor, so its client is not left waiting.
+    case shedConnection(SocketError)
+    /// Out of descriptors or memory with nothing to shed: the listener waits
+    /// this long before it tries again (the pause grows up to a second).
+    case pausing(SocketError, Duration)
+    /// A peer's credentials could not be read for the access policy; it was refused.
+    case credentialsUnavailable(SocketError)
+
+    public var description: String {
+        switch self {
+        case .shedConnection(let error): "\(error); closed a pending connection to keep serving"
+        case .pausing(let error, let pause): "\(error); accepting again in \(pause)"
+        case .credentialsUnavailable(let error): "\(error); refused the connection"
+        }
     }
 }

@@ -67,7 +67,7 @@ public final class EndpointListener: Sendable {
                 throw SocketError("bind", address: label, code: .invalidArgument(
                     "an access policy needs peer credentials, which TCP connections do not carry"))
             }
-            let handle = try SocketHandle.listenTCP(host: host, port: port, label: label, backlog: options.backlog)
+            let handle = try SocketHandle.listenTCP(host: host, port: port, label: label, options: options)
             // Errors of accepted connections name the port really bound, not 0.
             let (boundHost, boundPort) = (try? handle.inetLocalAddress().hostAndPort) ?? (host, port)
             let bound = Endpoint.tcp(host: boundHost, port: boundPort)

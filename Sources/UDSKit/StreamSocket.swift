@@ -150,9 +150,11 @@ public final class StreamSocket: Sendable {
     }
 
     /// Whether plain reads keep descriptors that arrive with the data, for the
-    /// next `receiveWithDescriptors` (on by default, so none is lost unseen).
-    /// Turning it off makes plain reads a cheaper `recv`; the kernel then
-    /// closes descriptors a peer sends with data those reads consume.
+    /// next `receiveWithDescriptors`. Off by default: a plain read is a `recv`,
+    /// and the kernel closes descriptors riding on the data it consumes, so a
+    /// peer cannot fill this process's descriptor table unasked (as in Rust,
+    /// Go, Python and SwiftNIO). On, at most 253 are kept (more are closed and
+    /// reported once), and ``close()`` closes those never taken.
     public var keepsIncomingDescriptors: Bool {
         get { handle.keepsDescriptors.load(ordering: .relaxed) }
         set { handle.keepsDescriptors.store(newValue, ordering: .relaxed) }

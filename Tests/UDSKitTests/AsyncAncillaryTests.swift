@@ -51,6 +51,7 @@ struct AsyncAncillaryTests {
             try? first.close()
             try? second.close()
         }
+        second.keepsIncomingDescriptors = true
         let pipe = try makePipe()
         defer { close(pipe.read) }
         let one = UnsafeMutableRawBufferPointer.allocate(byteCount: 1, alignment: 1)

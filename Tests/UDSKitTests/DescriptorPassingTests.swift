@@ -566,6 +566,7 @@ struct DescriptorPassingTests {
         #expect(direct.count == 2)
         #expect(direct.allSatisfy { isCloseOnExec($0.rawValue) })
 
+        link.setKeepsDescriptors(true)
         try link.send("b", descriptors: [pipe.write])
         _ = try link.plainReceive(16)
         try link.send("c", descriptors: [])
@@ -692,6 +693,7 @@ struct DescriptorPassingTests {
     /// A plain read that keeps descriptors fails the same way.
     @Test func aPlainReadReportsTruncatedDescriptorsToo() throws {
         let link = try Link.make(.stream)
+        link.setKeepsDescriptors(true)
         try enablePassCredentialsBehindTheLibrarysBack(link.receiverDescriptor)
         let pipe = try makePipe()
         defer { close(pipe.read) }
@@ -776,7 +778,8 @@ struct DescriptorPassingTests {
     @Test(arguments: Carrier.allCases)
     func aPlainReadKeepsDescriptorsForTheNextReceive(carrier: Carrier) throws {
         let link = try Link.make(carrier)
-        #expect(link.keepsDescriptors())
+        #expect(!link.keepsDescriptors(), "keeping is opt-in")
+        link.setKeepsDescriptors(true)
         let pipe = try makePipe()
         defer { close(pipe.read) }
         try link.send("x", descriptors: [pipe.write])
@@ -799,6 +802,7 @@ struct DescriptorPassingTests {
             let files = try (0..<3).map { try openFile(directory.path("k\($0)"), contents: "k\($0)") }
             defer { closeAll(files) }
             let (sender, receiver) = try StreamSocket.makePair()
+            receiver.keepsIncomingDescriptors = true
             try sender.writeAll(Array("a".utf8), descriptors: [files[0]])
             try sender.writeAll(Array("b".utf8), descriptors: [files[1]])
             #expect(try receiver.read(upTo: 1) == Array("a".utf8))
@@ -816,6 +820,7 @@ struct DescriptorPassingTests {
     /// plain reads kept.
     @Test func keptDescriptorsComeWithTheEndOfTheStream() throws {
         let link = try Link.make(.stream)
+        link.setKeepsDescriptors(true)
         let pipe = try makePipe()
         defer { close(pipe.read) }
         try link.send("last", descriptors: [pipe.write])
@@ -836,6 +841,7 @@ struct DescriptorPassingTests {
     @Test(arguments: Carrier.allCases)
     func keptDescriptorsSurviveAFailedReceive(carrier: Carrier) throws {
         let link = try Link.make(carrier)
+        link.setKeepsDescriptors(true)
         let pipe = try makePipe()
         defer { close(pipe.read) }
         try link.send("x", descriptors: [pipe.write])
@@ -857,19 +863,21 @@ struct DescriptorPassingTests {
         #expect(try pipeIsClosedEverywhere(pipe.read))
     }
 
-    /// Kept descriptors that are never asked for close with their socket.
+    /// Kept descriptors that are never asked for close with their socket:
+    /// with `close()`, not only when the object goes away.
     @Test(arguments: Carrier.allCases)
     func keptDescriptorsCloseWithTheSocket(carrier: Carrier) throws {
         let pipe = try makePipe()
         defer { close(pipe.read) }
-        do {
-            let link = try Link.make(carrier)
-            try link.send("k", descriptors: Array(repeating: pipe.write, count: 5))
-            close(pipe.write)
-            _ = try link.plainReceive(16)
-            #expect(try readToEnd(pipe.read, timeout: .milliseconds(50)) == nil, "kept descriptors were closed early")
-        }
+        let link = try Link.make(carrier)
+        link.setKeepsDescriptors(true)
+        try link.send("k", descriptors: Array(repeating: pipe.write, count: 5))
+        close(pipe.write)
+        _ = try link.plainReceive(16)
+        #expect(try readToEnd(pipe.read, timeout: .milliseconds(50)) == nil, "kept descriptors were closed early")
+        try link.closeReceiver()
         #expect(try pipeIsClosedEverywhere(pipe.read))
+        withExtendedLifetime(link) {}
     }
 
     /// A socket keeps at most one message's worth (253); past that, the extra
@@ -877,6 +885,7 @@ struct DescriptorPassingTests {
     /// the kept ones too.
     @Test func keptPastTheLimitAreDiscardedAndReported() throws {
         let link = try Link.make(.seqpacket)
+        link.setKeepsDescriptors(true)
         let pipe = try makePipe()
         defer { close(pipe.read) }
         try link.send("a", descriptors: Array(repeating: pipe.write, count: 253))
@@ -898,8 +907,7 @@ struct DescriptorPassingTests {
     @Test(arguments: Carrier.allCases)
     func withoutKeepingAPlainReadDropsDescriptors(carrier: Carrier) throws {
         let link = try Link.make(carrier)
-        link.setKeepsDescriptors(false)
-        #expect(!link.keepsDescriptors())
+        #expect(!link.keepsDescriptors(), "plain reads are plain by default")
         let pipe = try makePipe()
         defer { close(pipe.read) }
         try link.send("x", descriptors: [pipe.write])

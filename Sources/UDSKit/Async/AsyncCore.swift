@@ -204,28 +204,51 @@ final class AsyncCore: Sendable {
         }
     }
 
-    /// Accepts one connection as a new non-blocking, registered socket.
-    func accept(
-        loop: EventLoop, policy: AccessPolicy, deadline: ContinuousClock.Instant?
-    ) async throws -> (SocketHandle, UnixAddress) {
+    /// Accepts the next connection the policy admits, as a new non-blocking
+    /// handle (the caller registers it). Gets through the failures
+    /// ``AcceptRecovery`` lists, pausing on the loop's own timers: a server
+    /// out of descriptors must not need the global executor's threads.
+    func accept(policy: AccessPolicy, deadline: ContinuousClock.Instant?) async throws -> (SocketHandle, UnixAddress) {
+        var recovery = AcceptRecovery()
         while true {
             var accepted: CInt = -1
-            let peer = try await perform(.read, "accept", deadline: deadline) { (fd) throws(SocketError) in
-                var failure: Errno?
-                let address = UnixAddress.fromKernel { address, length in
-                    switch Sys.accept(fd, address, length, nonBlocking: true) {
-                    case .success(let newFD): accepted = newFD
-                    case .failure(let errno): failure = errno
+            let peer: UnixAddress
+            do {
+                peer = try await perform(.read, "accept", deadline: deadline) { (fd) throws(SocketError) in
+                    var failure: Errno?
+                    let address = UnixAddress.fromKernel { address, length in
+                        switch Sys.accept(fd, address, length, nonBlocking: true) {
+                        case .success(let newFD): accepted = newFD
+                        case .failure(let errno): failure = errno
+                        }
                     }
+                    return failure.map { .failure($0) } ?? .success(address)
                 }
-                return failure.map { .failure($0) } ?? .success(address)
+            } catch let error as SocketError {
+                switch handle.recover(from: error, &recovery) {
+                case .retry: continue
+                case .pause(let pause): try await self.pause(pause, until: deadline, operation: "accept")
+                case .fail: throw error
+                }
+                continue
             }
+            recovery.succeeded()
             let connection = SocketHandle(descriptor: accepted, kind: handle.kind, label: handle.currentLabel)
-            guard let admits = policy.admits else { return (connection, peer) }
-            let credentials = try connection.peerCredentials()
-            if admits(credentials) { return (connection, peer) }
-            try? connection.close()
-            policy.onRefusal?(credentials)
+            if handle.admit(connection, by: policy) { return (connection, peer) }
+        }
+    }
+
+    /// Waits `pause` on the loop's timers, but not past `deadline`.
+    private func pause(_ pause: Duration, until deadline: ContinuousClock.Instant?, operation: String) async throws {
+        var end = ContinuousClock.now.advanced(by: pause)
+        if let deadline {
+            if deadline <= .now { throw handle.error(operation, code: .timedOut) }
+            end = min(end, deadline)
+        }
+        do {
+            try await registration.loop.sleep(until: end)
+        } catch let error as SocketError {
+            throw handle.error(operation, code: error.code)
         }
     }
 
@@ -244,11 +267,14 @@ final class AsyncCore: Sendable {
             switch result {
             case .success:
                 return
+            case .failure(.interrupted):
+                // A Unix connect is not carried on by the kernel once
+                // interrupted: nothing is connected yet, so ask again.
+                continue
             case .failure(.wouldBlock):
-                if let deadline, ContinuousClock.now >= deadline { throw handle.error("connect", code: .timedOut) }
-                try await Task.sleep(for: pause)
+                try await self.pause(pause, until: deadline, operation: "connect")
                 pause = min(pause * 2, .milliseconds(50))
-            case .failure(.nowInProgress), .failure(.interrupted):
+            case .failure(.nowInProgress):
                 try await registration.wait(.write, after: observed, deadline: deadline, operation: "connect")
                 switch Sys.socketError(handle.descriptor) {
                 case .success(0): return

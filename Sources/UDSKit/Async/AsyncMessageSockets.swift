@@ -114,7 +114,8 @@ public final class AsyncDatagramSocket: Sendable {
 /// A listening seqpacket socket for async code (Linux).
 public final class AsyncSeqpacketListener: Sendable {
     let core: AsyncCore
-    let loop: EventLoop
+    /// Where accepted connections are registered.
+    let connectionLoops: any EventLoopSource
     /// The address this listener was bound to, as given.
     public let address: UnixAddress
     /// Which peers ``accept(timeout:)`` lets through.
@@ -123,32 +124,35 @@ public final class AsyncSeqpacketListener: Sendable {
     public let replacedStaleSocket: Bool
 
     private init(
-        core: AsyncCore, loop: EventLoop, address: UnixAddress, accessPolicy: AccessPolicy, replacedStaleSocket: Bool
+        core: AsyncCore, connectionLoops: any EventLoopSource, address: UnixAddress, accessPolicy: AccessPolicy,
+        replacedStaleSocket: Bool
     ) {
         self.core = core
-        self.loop = loop
+        self.connectionLoops = connectionLoops
         self.address = address
         self.accessPolicy = accessPolicy
         self.replacedStaleSocket = replacedStaleSocket
     }
 
     /// Binds and listens, with the safe-bind rules of ``StreamListener``.
+    /// - Parameter loops: A loop, or a group whose loops take the accepted
+    ///   connections in turn (the listener itself watches on the first).
     public static func bind(
         to address: UnixAddress, options: BindOptions = BindOptions(),
-        admitting accessPolicy: AccessPolicy = .everyone, on loop: EventLoop = .shared
+        admitting accessPolicy: AccessPolicy = .everyone, on loops: any EventLoopSource = EventLoop.shared
     ) throws(SocketError) -> AsyncSeqpacketListener {
         let handle = try SocketHandle.open(.seqpacket, operation: "bind", label: address.description, nonBlocking: true)
         let replaced = try handle.bindAndListen(to: address, options: options)
         return AsyncSeqpacketListener(
-            core: try AsyncCore(handle: handle, loop: loop), loop: loop, address: address, accessPolicy: accessPolicy,
-            replacedStaleSocket: replaced)
+            core: try AsyncCore(handle: handle, loop: loops.next()), connectionLoops: loops, address: address,
+            accessPolicy: accessPolicy, replacedStaleSocket: replaced)
     }
 
-    /// Waits for the next connection the access policy admits.
+    /// Waits for the next connection the access policy admits. Running out
+    /// of descriptors or memory does not end it; see ``BindOptions/onAcceptRecovery``.
     public func accept(timeout: Duration? = nil) async throws -> (connection: AsyncSeqpacketSocket, peer: UnixAddress) {
-        let (handle, peer) = try await core.accept(
-            loop: loop, policy: accessPolicy, deadline: AsyncCore.deadline(after: timeout))
-        return (AsyncSeqpacketSocket(core: try AsyncCore(handle: handle, loop: loop)), peer)
+        let (handle, peer) = try await core.accept(policy: accessPolicy, deadline: AsyncCore.deadline(after: timeout))
+        return (AsyncSeqpacketSocket(core: try AsyncCore(handle: handle, loop: connectionLoops.next())), peer)
     }
 
     /// Stops listening and removes the socket file.
@@ -237,6 +241,9 @@ public final class AsyncSeqpacketSocket: Sendable {
 
     /// The peer's process, user and group IDs.
     public func peerCredentials() throws(SocketError) -> PeerCredentials { try core.handle.peerCredentials() }
+
+    /// The loop that watches this socket: the executor its tasks should prefer.
+    public var eventLoop: EventLoop { core.registration.loop }
 
     /// Closes once; waiting operations fail with `.closed`.
     public func close() throws(SocketError) { try core.close() }

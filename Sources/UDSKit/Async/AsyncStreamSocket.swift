@@ -5,7 +5,8 @@
 ///     for try await (connection, peer) in listener.connections { ... }
 public final class AsyncStreamListener: Sendable {
     let core: AsyncCore
-    let loop: EventLoop
+    /// Where accepted connections are registered.
+    let connectionLoops: any EventLoopSource
     /// The address this listener was bound to, as given.
     public let address: UnixAddress
     /// Whether binding removed a stale socket file first.
@@ -13,34 +14,41 @@ public final class AsyncStreamListener: Sendable {
     /// Which peers ``accept(timeout:)`` lets through.
     public let accessPolicy: AccessPolicy
 
-    private init(core: AsyncCore, loop: EventLoop, address: UnixAddress, replacedStaleSocket: Bool, accessPolicy: AccessPolicy) {
+    private init(
+        core: AsyncCore, connectionLoops: any EventLoopSource, address: UnixAddress, replacedStaleSocket: Bool,
+        accessPolicy: AccessPolicy
+    ) {
         self.core = core
-        self.loop = loop
+        self.connectionLoops = connectionLoops
         self.address = address
         self.replacedStaleSocket = replacedStaleSocket
         self.accessPolicy = accessPolicy
     }
 
     /// Binds and listens, with the rules of ``StreamListener/bind(to:options:admitting:)``.
-    /// - Parameter loop: The loop that watches this listener and its connections.
+    /// - Parameter loops: The loop that watches this listener and its
+    ///   connections, or a group whose loops take the accepted connections in
+    ///   turn (the listener itself watches on the first).
     public static func bind(
         to address: UnixAddress, options: BindOptions = BindOptions(),
-        admitting accessPolicy: AccessPolicy = .everyone, on loop: EventLoop = .shared
+        admitting accessPolicy: AccessPolicy = .everyone, on loops: any EventLoopSource = EventLoop.shared
     ) throws(SocketError) -> AsyncStreamListener {
         let handle = try SocketHandle.open(.stream, operation: "bind", label: address.description, nonBlocking: true)
         let replaced = try handle.bindAndListen(to: address, options: options)
-        let core = try AsyncCore(handle: handle, loop: loop)
+        let core = try AsyncCore(handle: handle, loop: loops.next())
         return AsyncStreamListener(
-            core: core, loop: loop, address: address, replacedStaleSocket: replaced, accessPolicy: accessPolicy)
+            core: core, connectionLoops: loops, address: address, replacedStaleSocket: replaced,
+            accessPolicy: accessPolicy)
     }
 
-    /// Waits for the next connection the access policy admits.
+    /// Waits for the next connection the access policy admits. Running out
+    /// of descriptors or memory does not end it: the listener sheds or pauses
+    /// and goes on (see ``BindOptions/onAcceptRecovery``).
     /// - Throws: ``SocketError`` (`.closed` once the listener is closed, `.timedOut`),
     ///   or `CancellationError`.
     public func accept(timeout: Duration? = nil) async throws -> (connection: AsyncStreamSocket, peer: UnixAddress) {
-        let (handle, peer) = try await core.accept(
-            loop: loop, policy: accessPolicy, deadline: AsyncCore.deadline(after: timeout))
-        return (try AsyncStreamSocket(core: AsyncCore(handle: handle, loop: loop)), peer)
+        let (handle, peer) = try await core.accept(policy: accessPolicy, deadline: AsyncCore.deadline(after: timeout))
+        return (try AsyncStreamSocket(core: AsyncCore(handle: handle, loop: connectionLoops.next())), peer)
     }
 
     /// The connections, as they arrive; the sequence ends when the listener closes.
@@ -239,4 +247,8 @@ public final class AsyncStreamSocket: Sendable {
 
     /// The descriptor, for use with other APIs; it stays owned by this socket.
     public var descriptor: CInt { core.handle.descriptor }
+
+    /// The loop that watches this socket: the executor its tasks should
+    /// prefer, so that readiness wakes them without a thread hop.
+    public var eventLoop: EventLoop { core.registration.loop }
 }

@@ -24,11 +24,14 @@ import Darwin
 ///
 /// Async sockets work from any task; tasks that prefer another executor pay a
 /// thread hop when readiness wakes them.
+///
+/// A loop runs until ``shutdown()``: its thread holds it, so dropping the last
+/// reference does not stop it. ``shared`` lives as long as the process.
 public final class EventLoop: TaskExecutor, @unchecked Sendable {
     // @unchecked: `localJobs`, `timers` and `scratch` are touched only by the
     // loop thread; everything else is immutable or behind a Mutex or an Atomic.
 
-    /// The loop most programs need: one thread, started on first use.
+    /// The loop most programs need: one thread, started on first use, never shut down.
     public static let shared: EventLoop = {
         do {
             return try EventLoop()
@@ -38,18 +41,31 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
     }()
 
     let selector: PlatformSelector
-    private let registrations = Mutex<[UInt64: Registration]>([:])
+    /// Every live registration, by token; `nil` once the loop stopped, so
+    /// that nothing registers with a loop that no longer watches.
+    private let registrations = Mutex<[UInt64: Registration]?>([:])
     private let nextToken = Atomic<UInt64>(1)
 
+    private struct RemoteJobs {
+        var jobs: [UnownedJob] = []
+        var wakeupPending = false
+        /// Set by ``shutdown()``: the loop finishes what is queued and stops.
+        var stopRequested = false
+        /// The thread has ended: jobs go to the global executor instead.
+        var stopped = false
+    }
+
     /// Jobs enqueued from other threads, and whether a wakeup is on its way.
-    private let remoteJobs = Mutex<(jobs: [UnownedJob], wakeupPending: Bool)>(([], false))
-    /// Whether `remoteJobs` may hold jobs: lets the loop skip the lock when not.
+    private let remoteJobs = Mutex(RemoteJobs())
+    /// Whether `remoteJobs` may hold jobs or a stop request: lets the loop skip the lock when not.
     private let hasRemoteJobs = Atomic<Bool>(false)
     /// Jobs enqueued on the loop thread itself: no lock, no wakeup.
     private var localJobs: [UnownedJob] = []
     private var timers = TimerHeap()
     private var scratch = UnsafeMutableRawBufferPointer(start: nil, count: 0)
     private let threadID = Atomic<UInt>(0)
+    /// The loop's thread until someone joins it (or it detaches itself).
+    private let thread = Mutex<LoopThread?>(nil)
 
     /// Starts a new loop on a thread of its own.
     /// - Throws: ``SocketError`` if the selector or the thread cannot be made.
@@ -60,47 +76,18 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
             throw SocketError("epoll_create", errno: error)
         }
         localJobs.reserveCapacity(64)
-        try startThread()
-    }
-
-    private func startThread() throws(SocketError) {
-        let unmanaged = Unmanaged.passRetained(self)
-        #if canImport(Darwin)
-        var thread: pthread_t? = nil  // a pointer type on Darwin, an integer on Linux
-        #else
-        var thread = pthread_t()
-        #endif
-        let result = pthread_create(&thread, nil, { argument in
-            #if canImport(Darwin)
-            let loop = Unmanaged<EventLoop>.fromOpaque(argument).takeRetainedValue()
-            #else
-            let loop = Unmanaged<EventLoop>.fromOpaque(argument!).takeRetainedValue()
-            #endif
-            loop.run()
-            return nil
-        }, unmanaged.toOpaque())
-        if result != 0 {
-            unmanaged.release()
-            throw SocketError("pthread_create", errno: Errno(rawValue: result))
+        do {
+            let started = try LoopThread.start { [self] in run() }
+            thread.withLock { $0 = started }
+        } catch {
+            selector.close()
+            throw error
         }
-        #if canImport(Darwin)
-        if let thread { pthread_detach(thread) }
-        #else
-        pthread_detach(thread)
-        #endif
     }
 
     /// Whether the caller runs on this loop's thread.
     public var inEventLoop: Bool {
-        threadID.load(ordering: .relaxed) == Self.currentThreadID
-    }
-
-    private static var currentThreadID: UInt {
-        #if canImport(Darwin)
-        UInt(bitPattern: pthread_self())
-        #else
-        UInt(pthread_self())
-        #endif
+        threadID.load(ordering: .relaxed) == LoopThread.currentID
     }
 
     // MARK: TaskExecutor
@@ -111,32 +98,79 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
             localJobs.append(job)
             return
         }
-        let wake = remoteJobs.withLock { state in
+        let forward = remoteJobs.withLock { state in
+            if state.stopped { return true }
             state.jobs.append(job)
             hasRemoteJobs.store(true, ordering: .releasing)
-            defer { state.wakeupPending = true }
-            return !state.wakeupPending
+            if !state.wakeupPending {
+                state.wakeupPending = true
+                // Inside the lock: the loop closes its selector only after it
+                // marked itself stopped under this lock.
+                selector.wakeup()
+            }
+            return false
         }
-        if wake { selector.wakeup() }
+        // A task that preferred a loop that has stopped goes on elsewhere,
+        // rather than never running again.
+        if forward { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
     }
+
+    // MARK: Shutting down
+
+    /// Stops the loop: sockets still registered fail their waiting and later
+    /// operations with `.closed`, the jobs already queued run, then the thread
+    /// ends and the selector's descriptors close. Waits for the thread to end
+    /// unless called on it. Tasks that still prefer this loop afterwards run
+    /// on the global executor. Later calls do nothing.
+    /// - Throws: ``SocketError`` `.unsupported` for ``shared``, which other
+    ///   code in the process may be using.
+    public func shutdown() throws(SocketError) {
+        if self === Self.shared {
+            throw SocketError("shutdown", address: "EventLoop.shared", code: .unsupported("shutting down the shared loop is"))
+        }
+        remoteJobs.withLock { state in
+            guard !state.stopped, !state.stopRequested else { return }
+            state.stopRequested = true
+            hasRemoteJobs.store(true, ordering: .releasing)
+            selector.wakeup()
+        }
+        if inEventLoop { return }  // The thread detaches itself as it ends.
+        if let thread = thread.withLock({ $0.take() }) {
+            thread.join()
+        } else {
+            // Another caller joins it, or it already ended.
+            while !remoteJobs.withLock({ $0.stopped }) { LoopThread.pause() }
+        }
+    }
+
+    /// Whether ``shutdown()`` has finished: the thread ended.
+    public var isShutDown: Bool { remoteJobs.withLock { $0.stopped } }
 
     // MARK: The loop
 
     private func run() {
-        threadID.store(Self.currentThreadID, ordering: .relaxed)
+        threadID.store(LoopThread.currentID, ordering: .relaxed)
         var batch: [UnownedJob] = []
         batch.reserveCapacity(64)
+        var stopping = false
         while true {
             // Run what is ready; jobs they enqueue run in the next pass, after
             // the selector had a look, so one busy connection cannot starve others.
             swap(&batch, &localJobs)
             if hasRemoteJobs.load(ordering: .acquiring) {
-                let remote = remoteJobs.withLock { state in
+                let (remote, stopRequested) = remoteJobs.withLock { state in
                     hasRemoteJobs.store(false, ordering: .relaxed)
-                    defer { state = ([], false) }
-                    return state.jobs
+                    defer {
+                        state.jobs = []
+                        state.wakeupPending = false
+                    }
+                    return (state.jobs, state.stopRequested)
                 }
                 batch += remote
+                if stopRequested && !stopping {
+                    stopping = true
+                    failRegistrations()
+                }
             }
             for job in batch {
                 job.runSynchronously(on: asUnownedTaskExecutor())
@@ -144,16 +178,47 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
             batch.removeAll(keepingCapacity: true)
 
             let idle = localJobs.isEmpty && !hasRemoteJobs.load(ordering: .acquiring)
+            if stopping && idle && finishStopping() { break }
             let timeout = idle ? timers.millisecondsUntilNext(now: .now) : 0
             selector.wait(timeoutMilliseconds: timeout) { event in
                 dispatch(event)
             }
             timers.fire(now: .now)
         }
+        threadID.store(0, ordering: .relaxed)
+        if let thread = thread.withLock({ $0.take() }) { thread.detach() }
+    }
+
+    /// Forgets every registration: their waiters fail with `.closed` (and
+    /// resume, on this loop while it drains), later waits fail the same way.
+    private func failRegistrations() {
+        let stranded = registrations.withLock { registrations in
+            defer { registrations = nil }
+            return registrations.map { Array($0.values) } ?? []
+        }
+        for registration in stranded { registration.loopStopped() }
+        // Deadlines no longer matter; a sleeper wakes with `.closed`.
+        timers.fireAll(loopStopped: true)
+    }
+
+    /// Stops for good if no job came in meanwhile; `false` to drain again.
+    private func finishStopping() -> Bool {
+        let stopped = remoteJobs.withLock { state in
+            guard state.jobs.isEmpty else { return false }
+            state.stopped = true
+            return true
+        }
+        guard stopped else { return false }
+        // Timers armed by the last jobs.
+        timers.fireAll(loopStopped: true)
+        selector.close()
+        scratch.deallocate()
+        scratch = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+        return true
     }
 
     private func dispatch(_ event: ReadinessEvent) {
-        let registration = registrations.withLock { $0[event.token] }
+        let registration = registrations.withLock { $0?[event.token] }
         registration?.handle(event)
     }
 
@@ -172,16 +237,46 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         return try body(UnsafeMutableRawBufferPointer(rebasing: scratch[..<minimumSize]))
     }
 
+    // MARK: Sleeping without the global executor
+
+    /// Suspends until `deadline` on this loop's timers: unlike `Task.sleep`,
+    /// it needs no thread of the global executor, which a server out of
+    /// descriptors cannot count on.
+    /// - Throws: `CancellationError` if the task is cancelled; ``SocketError``
+    ///   `.closed` if the loop shuts down first.
+    public func sleep(until deadline: ContinuousClock.Instant) async throws {
+        let sleeper = Sleeper()
+        try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+                let timer = LoopTimer(deadline: deadline) { loopStopped in
+                    sleeper.end(loopStopped ? SocketError("sleep", code: .closed) : nil)
+                }
+                if sleeper.start(continuation, timer: timer) { schedule(timer) }
+            }
+        } onCancel: {
+            sleeper.end(CancellationError())
+        }
+    }
+
+    /// Suspends for `duration`; see ``sleep(until:)``.
+    public func sleep(for duration: Duration) async throws {
+        try await sleep(until: .now.advanced(by: duration))
+    }
+
     // MARK: Registrations and timers
 
     func register(_ handle: SocketHandle) throws(SocketError) -> Registration {
         let token = nextToken.add(1, ordering: .relaxed).oldValue
         let registration = Registration(token: token, handle: handle, loop: self)
-        registrations.withLock { $0[token] = registration }
+        let accepted = registrations.withLock { registrations in
+            registrations?[token] = registration
+            return registrations != nil
+        }
+        guard accepted else { throw handle.error("epoll_ctl", code: .closed) }
         do {
             try selector.register(handle.descriptor, token: token)
         } catch {
-            registrations.withLock { $0[token] = nil }
+            registrations.withLock { $0?[token] = nil }
             throw handle.error("epoll_ctl", error)
         }
         return registration
@@ -189,7 +284,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
 
     func deregister(_ registration: Registration) {
         selector.deregister(registration.handle.descriptor)
-        registrations.withLock { $0[registration.token] = nil }
+        registrations.withLock { $0?[registration.token] = nil }
     }
 
     /// Runs `timer`'s action on the loop thread at its deadline (or soon after),
@@ -209,16 +304,173 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
     }
 }
 
+/// One ``EventLoop/sleep(until:)``: ended once, by its timer, its
+/// cancellation or the loop's shutdown, whichever comes first.
+private final class Sleeper: Sendable {
+    private struct State {
+        var continuation: UnsafeContinuation<Void, any Error>?
+        var timer: LoopTimer?
+        /// How it ended, if that happened before it started (a cancelled task).
+        var endedEarly: (any Error)??
+        var finished = false
+    }
+    private let state = Mutex(State())
+
+    /// Starts waiting; `false` if it already ended, and then it resumed at once.
+    func start(_ continuation: UnsafeContinuation<Void, any Error>, timer: LoopTimer) -> Bool {
+        let early: (any Error)?? = state.withLock { state in
+            if let outcome = state.endedEarly { return .some(outcome) }
+            state.continuation = continuation
+            state.timer = timer
+            return nil
+        }
+        guard let early else { return true }
+        state.withLock { $0.finished = true }
+        if let error = early { continuation.resume(throwing: error) } else { continuation.resume() }
+        return false
+    }
+
+    /// Ends the sleep with `error` (or normally), unless it already ended.
+    func end(_ error: (any Error)?) {
+        let (continuation, timer) = state.withLock { state in
+            guard let continuation = state.continuation.take() else {
+                if !state.finished && state.endedEarly == nil { state.endedEarly = .some(error) }
+                return (nil as UnsafeContinuation<Void, any Error>?, nil as LoopTimer?)
+            }
+            state.finished = true
+            return (continuation, state.timer.take())
+        }
+        timer?.cancel()
+        guard let continuation else { return }
+        if let error { continuation.resume(throwing: error) } else { continuation.resume() }
+    }
+}
+
+/// A group of event loops, one thread each: sockets spread over them, so a
+/// server uses every core. Listeners bound on a group register accepted
+/// connections with its loops in turn.
+///
+///     let group = try EventLoopGroup()           // one loop per core
+///     let listener = try AsyncStreamListener.bind(to: address, on: group)
+///     // serve each connection in a task that prefers its own loop:
+///     // group.addTask(executorPreference: connection.eventLoop) { ... }
+public final class EventLoopGroup: Sendable {
+    /// The loops, each on its own thread.
+    public let loops: [EventLoop]
+    private let nextIndex = Atomic<Int>(0)
+
+    /// Starts `loopCount` loops (by default one per online processor).
+    public init(loopCount: Int = EventLoopGroup.processorCount) throws(SocketError) {
+        guard loopCount > 0 else {
+            throw SocketError("EventLoopGroup", code: .invalidArgument("a group needs at least one loop, not \(loopCount)"))
+        }
+        var loops: [EventLoop] = []
+        for _ in 0..<loopCount {
+            do {
+                loops.append(try EventLoop())
+            } catch {
+                for loop in loops { try? loop.shutdown() }
+                throw error
+            }
+        }
+        self.loops = loops
+    }
+
+    /// The number of processors online: the default group size.
+    public static var processorCount: Int { Sys.onlineProcessorCount }
+
+    /// The next loop, round-robin.
+    public func next() -> EventLoop {
+        loops[nextIndex.add(1, ordering: .relaxed).oldValue % loops.count]
+    }
+
+    /// Shuts every loop down; see ``EventLoop/shutdown()``.
+    public func shutdown() throws(SocketError) {
+        for loop in loops { try loop.shutdown() }
+    }
+}
+
+/// Where a socket finds its event loop: a loop itself, or a group that hands
+/// out its loops in turn.
+public protocol EventLoopSource: Sendable {
+    /// The loop for the next socket.
+    func next() -> EventLoop
+}
+
+extension EventLoop: EventLoopSource {
+    /// This loop.
+    public func next() -> EventLoop { self }
+}
+
+extension EventLoopGroup: EventLoopSource {}
+
+/// The loop's own thread, joinable until joined or detached.
+private struct LoopThread: @unchecked Sendable {
+    // @unchecked: a pthread handle, used once by whoever takes it from its Mutex.
+    #if canImport(Darwin)
+    let handle: pthread_t
+    #else
+    let handle: pthread_t
+    #endif
+
+    static func start(_ body: @escaping @Sendable () -> Void) throws(SocketError) -> LoopThread {
+        let box = Unmanaged.passRetained(Body(body))
+        #if canImport(Darwin)
+        var thread: pthread_t? = nil  // a pointer type on Darwin, an integer on Linux
+        #else
+        var thread = pthread_t()
+        #endif
+        let result = pthread_create(&thread, nil, { argument in
+            #if canImport(Darwin)
+            let body = Unmanaged<Body>.fromOpaque(argument).takeRetainedValue()
+            #else
+            let body = Unmanaged<Body>.fromOpaque(argument!).takeRetainedValue()
+            #endif
+            body.run()
+            return nil
+        }, box.toOpaque())
+        if result != 0 {
+            box.release()
+            throw SocketError("pthread_create", errno: Errno(rawValue: result))
+        }
+        #if canImport(Darwin)
+        return LoopThread(handle: thread!)
+        #else
+        return LoopThread(handle: thread)
+        #endif
+    }
+
+    private final class Body: Sendable {
+        let run: @Sendable () -> Void
+        init(_ run: @escaping @Sendable () -> Void) { self.run = run }
+    }
+
+    func join() { _ = pthread_join(handle, nil) }
+    func detach() { _ = pthread_detach(handle) }
+
+    static var currentID: UInt {
+        #if canImport(Darwin)
+        UInt(bitPattern: pthread_self())
+        #else
+        UInt(pthread_self())
+        #endif
+    }
+
+    /// A short pause while waiting for another thread.
+    static func pause() { _ = sched_yield() }
+}
+
 /// An action at a deadline, on the loop thread. Cancelled timers stay in the
 /// heap until they reach its top or the heap is compacted, so a busy program
 /// whose operations finish well before their timeouts does not pile them up.
 final class LoopTimer: Sendable {
     let deadline: ContinuousClock.Instant
-    let action: @Sendable () -> Void
+    /// Runs with `true` when the loop stopped before the deadline.
+    let action: @Sendable (_ loopStopped: Bool) -> Void
     /// 0 pending, 1 cancelled, 2 fired.
     private let state = Atomic<UInt8>(0)
 
-    init(deadline: ContinuousClock.Instant, action: @escaping @Sendable () -> Void) {
+    init(deadline: ContinuousClock.Instant, action: @escaping @Sendable (_ loopStopped: Bool) -> Void) {
         self.deadline = deadline
         self.action = action
     }
@@ -231,8 +483,8 @@ final class LoopTimer: Sendable {
     var isCancelled: Bool { state.load(ordering: .relaxed) == 1 }
 
     /// Runs the action unless it was cancelled.
-    fileprivate func fire() {
-        if state.compareExchange(expected: 0, desired: 2, ordering: .relaxed).exchanged { action() }
+    fileprivate func fire(loopStopped: Bool = false) {
+        if state.compareExchange(expected: 0, desired: 2, ordering: .relaxed).exchanged { action(loopStopped) }
     }
 }
 
@@ -266,6 +518,11 @@ struct TimerHeap {
         while let first = entries.first, first.deadline <= now {
             removeFirst().fire()
         }
+    }
+
+    /// Fires every timer now (the loop is stopping), soonest first.
+    mutating func fireAll(loopStopped: Bool) {
+        while !entries.isEmpty { removeFirst().fire(loopStopped: loopStopped) }
     }
 
     private mutating func removeCancelled() {

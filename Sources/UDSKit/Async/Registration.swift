@@ -8,6 +8,12 @@ import SystemPackage
 /// that every event advances: a caller notes the tick, tries the call, and on
 /// would-block waits only if the tick has not moved; if it moved, readiness
 /// came in between and the call is simply tried again (tokio's scheme).
+///
+/// Any number of tasks may wait in each direction. An event wakes all of them,
+/// as tokio does: readiness is a state, not a token that one waiter could
+/// consume and hand on. A woken task that finds nothing (another one took the
+/// bytes or the connection) notes the new tick and waits again, so no waiter
+/// is stranded, at the price of a retry per extra waiter per event.
 final class Registration: Sendable {
     enum Direction {
         case read, write
@@ -27,6 +33,8 @@ final class Registration: Sendable {
 
     fileprivate struct Waiter {
         var id: UInt64
+        /// What the waiting call is, for the error that ends it early.
+        var operation: String
         var continuation: UnsafeContinuation<Void, any Error>
         /// The wait's deadline, cancelled when the wait ends another way.
         var timer: LoopTimer?
@@ -38,11 +46,61 @@ final class Registration: Sendable {
         }
     }
 
+    /// The waiters of one direction. Most sockets have at most one, so the
+    /// first lives inline and only a second one allocates.
+    fileprivate struct WaiterList {
+        private var first: Waiter?
+        private var others: [Waiter] = []
+
+        var isEmpty: Bool { first == nil }
+
+        mutating func append(_ waiter: Waiter) {
+            if first == nil { first = waiter } else { others.append(waiter) }
+        }
+
+        /// Removes and returns the waiter `id`, if it still waits.
+        mutating func remove(id: UInt64) -> Waiter? {
+            if first?.id == id {
+                let removed = first
+                first = others.isEmpty ? nil : others.removeFirst()
+                return removed
+            }
+            guard let index = others.firstIndex(where: { $0.id == id }) else { return nil }
+            return others.remove(at: index)
+        }
+
+        /// Empties the list, handing back what it held.
+        mutating func takeAll() -> WaiterList {
+            defer { self = WaiterList() }
+            return self
+        }
+
+        func resumeAll() {
+            guard let first else { return }
+            first.resume()
+            for waiter in others { waiter.resume() }
+        }
+
+        /// Fails every waiter with `.closed`, naming its own operation.
+        func failAll(closed handle: SocketHandle) {
+            guard let first else { return }
+            first.resume(throwing: handle.error(first.operation, code: .closed))
+            for waiter in others { waiter.resume(throwing: handle.error(waiter.operation, code: .closed)) }
+        }
+    }
+
     private struct Waiters {
-        var reader: Waiter?
-        var writer: Waiter?
+        var readers = WaiterList()
+        var writers = WaiterList()
         var nextID: UInt64 = 0
         var closed = false
+
+        mutating func list(_ direction: Direction, _ body: (inout WaiterList) -> Waiter?) -> Waiter? {
+            switch direction {
+            case .read: body(&readers)
+            case .write: body(&writers)
+            }
+        }
     }
 
     init(token: UInt64, handle: SocketHandle, loop: EventLoop) {
@@ -77,22 +135,22 @@ final class Registration: Sendable {
     /// Called on the loop thread for each event: advance the ticks and resume
     /// whoever waits.
     func handle(_ event: ReadinessEvent) {
-        let (reader, writer) = waiters.withLock { waiters in
-            var reader: Waiter?
-            var writer: Waiter?
+        let (readers, writers) = waiters.withLock { waiters in
+            var readers = WaiterList()
+            var writers = WaiterList()
             if event.readClosed { readEnded.store(true, ordering: .releasing) }
             if event.readable {
                 readTick.add(1, ordering: .releasing)
-                reader = waiters.reader.take()
+                readers = waiters.readers.takeAll()
             }
             if event.writable {
                 writeTick.add(1, ordering: .releasing)
-                writer = waiters.writer.take()
+                writers = waiters.writers.takeAll()
             }
-            return (reader, writer)
+            return (readers, writers)
         }
-        reader?.resume()
-        writer?.resume()
+        readers.resumeAll()
+        writers.resumeAll()
     }
 
     /// Waits until readiness in `direction` moves past `observed`.
@@ -117,13 +175,16 @@ final class Registration: Sendable {
                     let id = waiters.nextID
                     timer = deadline.map { deadline in
                         // Weak: a pending timer must not keep a dropped socket open.
-                        LoopTimer(deadline: deadline) { [weak self] in
+                        LoopTimer(deadline: deadline) { [weak self] _ in
                             guard let self else { return }
                             self.abandon(direction, id: id, with: self.handle.error(operation, code: .timedOut))
                         }
                     }
-                    let waiter = Waiter(id: id, continuation: continuation, timer: timer)
-                    if direction == .read { waiters.reader = waiter } else { waiters.writer = waiter }
+                    let waiter = Waiter(id: id, operation: operation, continuation: continuation, timer: timer)
+                    _ = waiters.list(direction) { list in
+                        list.append(waiter)
+                        return nil
+                    }
                     waitID.store(id, ordering: .releasing)
                     return nil
                 }
@@ -136,21 +197,16 @@ final class Registration: Sendable {
                 }
             }
         } onCancel: {
+            // Before the waiter is listed, the ID is still UInt64.max, which
+            // matches nobody; the listing then sees Task.isCancelled itself.
             abandon(direction, id: waitID.load(ordering: .acquiring), with: CancellationError())
         }
     }
 
     /// Resumes the waiter `id` with `error`, if it is still waiting.
     private func abandon(_ direction: Direction, id: UInt64, with error: any Error) {
-        let waiter: Waiter? = waiters.withLock { waiters in
-            switch direction {
-            case .read:
-                guard waiters.reader?.id == id else { return nil }
-                return waiters.reader.take()
-            case .write:
-                guard waiters.writer?.id == id else { return nil }
-                return waiters.writer.take()
-            }
+        let waiter = waiters.withLock { waiters in
+            waiters.list(direction) { $0.remove(id: id) }
         }
         waiter?.resume(throwing: error)
     }
@@ -166,20 +222,32 @@ final class Registration: Sendable {
     /// resumes them after it has finished closing, so that a task woken by the
     /// close finds the socket (and its file) already gone.
     func detach() -> DetachedWaiters {
-        let (first, reader, writer) = waiters.withLock { waiters in
-            defer { waiters.closed = true }
-            return (!waiters.closed, waiters.reader.take(), waiters.writer.take())
-        }
+        let (first, readers, writers) = markClosed()
         if first { loop.deregister(self) }
-        return DetachedWaiters(waiters: [reader, writer].compactMap { $0 }, error: handle.error("close", code: .closed))
+        return DetachedWaiters(lists: [readers, writers], handle: handle)
+    }
+
+    /// The loop is shutting down and forgets this registration itself: fail
+    /// the waiters, and make every later wait fail too.
+    func loopStopped() {
+        let (_, readers, writers) = markClosed()
+        readers.failAll(closed: handle)
+        writers.failAll(closed: handle)
+    }
+
+    private func markClosed() -> (first: Bool, readers: WaiterList, writers: WaiterList) {
+        waiters.withLock { waiters in
+            defer { waiters.closed = true }
+            return (!waiters.closed, waiters.readers.takeAll(), waiters.writers.takeAll())
+        }
     }
 
     struct DetachedWaiters {
-        fileprivate let waiters: [Waiter]
-        let error: SocketError
+        fileprivate let lists: [WaiterList]
+        fileprivate let handle: SocketHandle
 
         func resume() {
-            for waiter in waiters { waiter.resume(throwing: error) }
+            for list in lists { list.failAll(closed: handle) }
         }
     }
 }

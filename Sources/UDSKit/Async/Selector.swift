@@ -30,8 +30,10 @@ protocol SelectorBackend: Sendable {
     func deregister(_ fd: CInt)
     /// Waits up to `timeoutMilliseconds` (-1: forever) and calls `body` per event.
     func wait(timeoutMilliseconds: CInt, _ body: (ReadinessEvent) -> Void)
-    /// Makes a `wait` on another thread return. Safe from any thread.
+    /// Makes a `wait` on another thread return. Safe from any thread, also
+    /// during and after `close` (it then does nothing).
     func wakeup()
+    /// Called by the waiting thread after its last `wait`.
     func close()
 }
 
@@ -42,6 +44,9 @@ typealias PlatformSelector = EpollSelector
 final class EpollSelector: SelectorBackend {
     private let epoll: CInt
     private let eventFD: CInt
+    /// Wakeups and registrations come from any thread, also while the loop
+    /// shuts down: none may touch a number after it was closed (and reused).
+    private let gate = UseGate()
     private static let wakeupToken = UInt64.max
     private static let batch = 256
 
@@ -64,6 +69,8 @@ final class EpollSelector: SelectorBackend {
     }
 
     func register(_ fd: CInt, token: UInt64) throws(Errno) {
+        guard gate.enter() else { throw Errno.badFileDescriptor }
+        defer { leave() }
         var event = epoll_event()
         event.events = EPOLLIN.rawValue | EPOLLOUT.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
         event.data.u64 = token
@@ -71,6 +78,8 @@ final class EpollSelector: SelectorBackend {
     }
 
     func deregister(_ fd: CInt) {
+        guard gate.enter() else { return }
+        defer { leave() }
         var event = epoll_event()
         _ = epoll_ctl(epoll, EPOLL_CTL_DEL, fd, &event)
     }
@@ -105,11 +114,21 @@ final class EpollSelector: SelectorBackend {
     }
 
     func wakeup() {
+        guard gate.enter() else { return }
+        defer { leave() }
         var one: UInt64 = 1
         _ = write(eventFD, &one, 8)
     }
 
     func close() {
+        if case .closeNow = gate.close() { closeDescriptors() }
+    }
+
+    private func leave() {
+        if gate.leave() { closeDescriptors() }
+    }
+
+    private func closeDescriptors() {
         _ = Sys.close(epoll)
         _ = Sys.close(eventFD)
     }
@@ -122,6 +141,8 @@ typealias PlatformSelector = KqueueSelector
 /// EVFILT_USER event for wakeups.
 final class KqueueSelector: SelectorBackend {
     private let queue: CInt
+    /// See `EpollSelector.gate`.
+    private let gate = UseGate()
     private static let wakeupToken = UInt64.max
     private static let batch = 256
 
@@ -135,6 +156,8 @@ final class KqueueSelector: SelectorBackend {
     }
 
     func register(_ fd: CInt, token: UInt64) throws(Errno) {
+        guard gate.enter() else { throw Errno.badFileDescriptor }
+        defer { leave() }
         var changes = [EVFILT_READ, EVFILT_WRITE].map { filter in
             kevent(
                 ident: UInt(fd), filter: Int16(filter), flags: UInt16(EV_ADD | EV_CLEAR),
@@ -144,6 +167,8 @@ final class KqueueSelector: SelectorBackend {
     }
 
     func deregister(_ fd: CInt) {
+        guard gate.enter() else { return }
+        defer { leave() }
         var changes = [EVFILT_READ, EVFILT_WRITE].map { filter in
             kevent(ident: UInt(fd), filter: Int16(filter), flags: UInt16(EV_DELETE), fflags: 0, data: 0, udata: nil)
         }
@@ -175,6 +200,8 @@ final class KqueueSelector: SelectorBackend {
     }
 
     func wakeup() {
+        guard gate.enter() else { return }
+        defer { leave() }
         var user = kevent(
             ident: UInt(Self.wakeupToken & 0xffff), filter: Int16(EVFILT_USER), flags: 0,
             fflags: UInt32(NOTE_TRIGGER), data: 0, udata: UnsafeMutableRawPointer(bitPattern: UInt(Self.wakeupToken)))
@@ -182,7 +209,11 @@ final class KqueueSelector: SelectorBackend {
     }
 
     func close() {
-        _ = Sys.close(queue)
+        if case .closeNow = gate.close() { _ = Sys.close(queue) }
+    }
+
+    private func leave() {
+        if gate.leave() { _ = Sys.close(queue) }
     }
 }
 #else

@@ -37,25 +37,47 @@ extension SocketHandle {
         }
     }
 
-    /// Connects, waiting for completion if a signal interrupts the call: the
-    /// kernel goes on connecting, so a second `connect` would fail.
+    /// Connects to a Unix address. A signal that interrupts a blocking Unix
+    /// `connect` (waiting for room in a full backlog) leaves the socket
+    /// unconnected: the kernel does not go on connecting, as it does for TCP,
+    /// so the call is made again, within what is left of `timeout`.
     func connect(to address: UnixAddress, timeout: Duration? = nil) throws(SocketError) {
         currentLabel = address.description
-        try connect(timeout: timeout) { fd in address.withSockaddr { Sys.connect(fd, $0, $1) } }
+        let deadline = timeout.map { ContinuousClock.now.advanced(by: $0) }
+        while true {
+            let remaining = deadline.map { ContinuousClock.now.duration(to: $0) }
+            if let remaining, remaining <= .zero { throw error("connect", code: .timedOut) }
+            let interrupted = try connect(timeout: remaining, interruption: .retry) { fd in
+                address.withSockaddr { Sys.connect(fd, $0, $1) }
+            }
+            if !interrupted { return }
+        }
     }
 
-    /// Runs `start` (one `connect` call) and sees it through: after EINTR it
-    /// waits for the connection the kernel goes on making. With a `timeout`
-    /// the wait is bounded (`SO_SNDTIMEO`, which Linux's `connect` honours)
-    /// and fails with `.timedOut`.
-    func connect(timeout: Duration?, _ start: (CInt) -> Result<Void, Errno>) throws(SocketError) {
+    /// What a signal during a blocking `connect` means.
+    enum ConnectInterruption {
+        /// Unix: nothing was connected; the caller asks again.
+        case retry
+        /// TCP: the kernel goes on connecting; wait for the outcome.
+        case awaitCompletion
+    }
+
+    /// Runs `start` (one `connect` call) and sees it through; returns `true`
+    /// if a signal interrupted it and `interruption` is `.retry`. With a
+    /// `timeout` the wait is bounded (`SO_SNDTIMEO`, which Linux's `connect`
+    /// honours) and fails with `.timedOut`.
+    func connect(
+        timeout: Duration?, interruption: ConnectInterruption, _ start: (CInt) -> Result<Void, Errno>
+    ) throws(SocketError) -> Bool {
         try withDescriptor("connect") { (fd) throws(SocketError) in
             if let timeout {
                 if case .failure(let errno) = Sys.setTimeout(fd, receive: false, timeout) { throw error("setsockopt", errno) }
             }
             defer { if timeout != nil { _ = Sys.setTimeout(fd, receive: false, nil) } }
             switch start(fd) {
-            case .success: return
+            case .success: return false
+            case .failure(.interrupted) where interruption == .retry:
+                return true
             case .failure(.interrupted):
                 let milliseconds = timeout.map { CInt(clamping: $0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000) } ?? -1
                 while true {
@@ -68,7 +90,7 @@ extension SocketHandle {
                     break
                 }
                 switch Sys.socketError(fd) {
-                case .success(0): return
+                case .success(0): return false
                 case .success(let code): throw error("connect", Errno(rawValue: code))
                 case .failure(let errno): throw error("connect", errno)
                 }
@@ -353,21 +375,30 @@ extension SocketHandle {
     /// Binds and listens; returns whether a stale socket file was replaced.
     func bindAndListen(to address: UnixAddress, options: BindOptions) throws(SocketError) -> Bool {
         let replaced = try self.bind(to: address, options: options)
-        let backlog = options.backlog.map { CInt(clamping: $0) } ?? Platform.defaultBacklog
-        try call("listen") { Sys.listen($0, backlog: backlog) }
+        try listen(options: options)
         return replaced
     }
 
+    /// Listens, and readies what accept needs to get through a full
+    /// descriptor table: the reserve descriptor and whom to tell.
+    func listen(options: BindOptions) throws(SocketError) {
+        let backlog = options.backlog.map { CInt(clamping: $0) } ?? Platform.defaultBacklog
+        try call("listen") { Sys.listen($0, backlog: backlog) }
+        acceptRecoveryHandler.withLock { $0 = options.onAcceptRecovery }
+        ReserveDescriptor.shared.ensureHeld()
+    }
+
+    func reportAcceptRecovery(_ event: AcceptRecoveryEvent) {
+        acceptRecoveryHandler.withLock { $0 }?(event)
+    }
+
     /// Accepts the next connection the policy admits; refused peers are told
-    /// to the policy's handler and closed at once.
+    /// to the policy's handler and closed at once. Failures the kernel
+    /// recovers from (see ``AcceptRecovery``) do not end it.
     func accept(admitting policy: AccessPolicy) throws(SocketError) -> (SocketHandle, UnixAddress) {
         while true {
-            let (connection, peer) = try accept()
-            guard let admits = policy.admits else { return (connection, peer) }
-            let credentials = try connection.peerCredentials()
-            if admits(credentials) { return (connection, peer) }
-            try? connection.close()
-            policy.onRefusal?(credentials)
+            let (connection, peer) = try acceptRecovering { () throws(SocketError) in try accept() }
+            if admit(connection, by: policy) { return (connection, peer) }
         }
     }
 

@@ -36,7 +36,9 @@ extension SocketHandle {
         for address in addresses {
             let handle = try openTCP(family: address.family, label: label)
             do throws(SocketError) {
-                try handle.connect(timeout: timeout) { fd in address.withSockaddr { Sys.connect(fd, $0, $1) } }
+                _ = try handle.connect(timeout: timeout, interruption: .awaitCompletion) { fd in
+                    address.withSockaddr { Sys.connect(fd, $0, $1) }
+                }
                 try handle.setNoDelay(true)
                 return handle
             } catch {
@@ -49,14 +51,13 @@ extension SocketHandle {
 
     /// Binds the first address `host` resolves to and listens. `SO_REUSEADDR`
     /// is set, so a restarted server gets its port back at once.
-    static func listenTCP(host: String, port: UInt16, label: String, backlog: Int?) throws(SocketError) -> SocketHandle {
+    static func listenTCP(host: String, port: UInt16, label: String, options: BindOptions) throws(SocketError) -> SocketHandle {
         let address = try resolve(host, port, passive: true, operation: "bind", label: label)[0]
         let handle = try openTCP(family: address.family, label: label)
         do throws(SocketError) {
             try handle.call("setsockopt(SO_REUSEADDR)") { Sys.setReuseAddress($0) }
             try handle.call("bind") { fd in address.withSockaddr { Sys.bind(fd, $0, $1) } }
-            let depth = backlog.map { CInt(clamping: $0) } ?? Platform.defaultBacklog
-            try handle.call("listen") { Sys.listen($0, backlog: depth) }
+            try handle.listen(options: options)
         } catch {
             try? handle.close()
             throw error
@@ -66,6 +67,10 @@ extension SocketHandle {
 
     /// Accepts one TCP connection, with `TCP_NODELAY` on, and its peer's address.
     func acceptTCP() throws(SocketError) -> (SocketHandle, InetAddress) {
+        try acceptRecovering { () throws(SocketError) in try acceptTCPOnce() }
+    }
+
+    private func acceptTCPOnce() throws(SocketError) -> (SocketHandle, InetAddress) {
         var accepted: CInt = -1
         let peer = try withDescriptor("accept") { (fd) throws(SocketError) in
             try InetAddress.fromKernel { (address, length) throws(SocketError) in

@@ -11,17 +11,20 @@ import SystemPackage
 final class SocketHandle: Sendable {
     let descriptor: CInt
     let kind: SocketKind
-    /// Bit 0: closed. The rest: the number of operations running, times two.
-    private let state = Atomic<Int>(0)
+    private let gate = UseGate()
     /// The path this socket created by binding, removed when it closes.
     private let boundFile = Mutex<BoundFile?>(nil)
     /// What errors name: the address the socket is bound or connected to.
     private let label: Mutex<String?>
-    /// Plain reads use `recvmsg` and keep descriptors that arrive with the data,
-    /// so that a read cannot swallow the byte that carried them and lose them.
-    let keepsDescriptors = Atomic<Bool>(true)
+    /// Plain reads use `recvmsg` and keep descriptors that arrive with the data
+    /// (opt-in). Off, a plain read is a `recv`, and the kernel closes whatever
+    /// descriptors ride on it, as in Rust, Go, Python and SwiftNIO: a peer
+    /// cannot fill a process's table with descriptors it never asked for.
+    let keepsDescriptors = Atomic<Bool>(false)
     /// Linux `SO_PASSCRED` is on: messages carry their sender's credentials.
     let receivesCredentials = Atomic<Bool>(false)
+    /// Whom a listener tells how it got through accept failures (``BindOptions/onAcceptRecovery``).
+    let acceptRecoveryHandler = Mutex<(@Sendable (AcceptRecoveryEvent) -> Void)?>(nil)
     /// Descriptors kept from plain reads, and how many were closed for lack of room.
     let kept = Mutex<KeptDescriptors>(KeptDescriptors())
 
@@ -33,7 +36,7 @@ final class SocketHandle: Sendable {
 
     deinit {
         // No operation can be running: each holds a reference.
-        if state.load(ordering: .acquiring) & 1 == 0 {
+        if !gate.isClosed {
             boundFile.withLock { $0.take() }?.removeIfStillOurs()
             _ = Sys.close(descriptor)
         }
@@ -61,16 +64,16 @@ final class SocketHandle: Sendable {
     func withDescriptor<R>(
         _ operation: String, _ body: (CInt) throws(SocketError) -> R
     ) throws(SocketError) -> R {
-        guard acquire() else { throw error(operation, code: .closed) }
-        defer { release() }
+        guard gate.enter() else { throw error(operation, code: .closed) }
+        defer { leave() }
         return try body(descriptor)
     }
 
     /// Runs one system call and turns its failure into a ``SocketError``.
     @inline(__always)
     func call<R>(_ operation: String, _ body: (CInt) -> Result<R, Errno>) throws(SocketError) -> R {
-        guard acquire() else { throw error(operation, code: .closed) }
-        defer { release() }
+        guard gate.enter() else { throw error(operation, code: .closed) }
+        defer { leave() }
         switch body(descriptor) {
         case .success(let value): return value
         case .failure(let errno): throw error(operation, errno)
@@ -78,24 +81,11 @@ final class SocketHandle: Sendable {
     }
 
     @inline(__always)
-    private func acquire() -> Bool {
-        var current = state.load(ordering: .relaxed)
-        while current & 1 == 0 {
-            let (exchanged, original) = state.compareExchange(
-                expected: current, desired: current + 2, ordering: .acquiring)
-            if exchanged { return true }
-            current = original
-        }
-        return false
+    private func leave() {
+        if gate.leave() { _ = Sys.close(descriptor) }
     }
 
-    @inline(__always)
-    private func release() {
-        let remaining = state.subtract(2, ordering: .acquiringAndReleasing).newValue
-        if remaining == 1 { finishClose() }
-    }
-
-    var isClosed: Bool { state.load(ordering: .relaxed) & 1 != 0 }
+    var isClosed: Bool { gate.isClosed }
 
     /// Marks the file at `path` as created by this socket, to be removed on close.
     func adoptBoundFile(_ file: BoundFile) {
@@ -111,20 +101,25 @@ final class SocketHandle: Sendable {
     /// Closes the socket once; later calls do nothing. Removes the socket file
     /// this socket created, if the path still names it.
     func close(_ operation: String = "close") throws(SocketError) {
-        let previous = state.bitwiseOr(1, ordering: .acquiringAndReleasing).oldValue
-        guard previous & 1 == 0 else { return }
+        let closing = gate.close()
+        if case .alreadyClosed = closing { return }
         // Remove the name first: from here on no new peer should find it.
         boundFile.withLock { $0.take() }?.removeIfStillOurs()
-        if previous == 0 {
+        // Descriptors kept from plain reads go with the socket, not with the object.
+        let kept = self.kept.withLock { kept in
+            defer { kept = KeptDescriptors() }
+            return kept.descriptors
+        }
+        kept.forEach { $0.close() }
+        switch closing {
+        case .closeNow:
             if case .failure(let errno) = Sys.close(descriptor) { throw error(operation, errno) }
-        } else {
+        case .usersInside:
             // Wake calls blocked on other threads; the last one closes.
             _ = Sys.shutdown(descriptor, how: Sys.shutdownBoth)
+        case .alreadyClosed:
+            break
         }
-    }
-
-    private func finishClose() {
-        _ = Sys.close(descriptor)
     }
 }
 

@@ -334,6 +334,22 @@ enum Sys {
 
     static var processID: pid_t { getpid() }
 
+    /// A descriptor that costs nothing to hold: the reserve a listener frees
+    /// at the descriptor limit. -1 if it cannot be opened.
+    static func openReserve() -> CInt {
+        (try? valueOrErrno { open("/dev/null", O_RDONLY | O_CLOEXEC) }.get()) ?? -1
+    }
+
+    /// Sleeps the calling thread, resuming after signals until `duration` passed.
+    static func sleep(for duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        var request = timespec(tv_sec: .init(seconds), tv_nsec: .init(attoseconds / 1_000_000_000))
+        var remaining = timespec()
+        while nanosleep(&request, &remaining) == -1 && errno == EINTR { request = remaining }
+    }
+
+    static var onlineProcessorCount: Int { max(1, Int(sysconf(CInt(_SC_NPROCESSORS_ONLN)))) }
+
     /// Marks a received descriptor close-on-exec. Linux did it atomically
     /// (`MSG_CMSG_CLOEXEC`); Darwin has no such flag, so there is a window.
     static func markCloseOnExec(_ fd: CInt) {
