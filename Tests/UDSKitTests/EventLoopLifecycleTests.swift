@@ -1,0 +1,223 @@
+import Foundation
+import Glibc
+import Synchronization
+import Testing
+@testable import UDSKit
+
+/// The threads of this process, from /proc/self/task.
+private func threadCount() -> Int {
+    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? -1
+}
+
+@Suite("Event loop lifecycle")
+struct EventLoopLifecycleTests {
+    /// Run in a child process: other tests open threads and descriptors in
+    /// this one, and the check is exact.
+    @Test func aThousandLoopsStartedAndShutDownLeaveNothingBehind() throws {
+        try withTemporaryDirectory { directory in
+            let child = try runTestInChildProcess(named: "thousandLoopsInChildProcess", in: directory)
+            #expect(child.reason == .exit)
+            #expect(child.status == 0, "child output:\n\(child.output)")
+            let result = try #require(child.result, "no result from the child; output:\n\(child.output)")
+            #expect(result["threadsBefore"] == result["threadsAfter"], "\(result)")
+            #expect(result["descriptorsBefore"] == result["descriptorsAfter"], "\(result)")
+            #expect(result["threadsDuring"] != result["threadsBefore"], "the loops did start threads: \(result)")
+        }
+    }
+
+    @Test(.enabled(if: isChildProcess(for: "thousandLoopsInChildProcess")))
+    func thousandLoopsInChildProcess() async throws {
+        // Warm up what the runtime starts once (the shared loop, the global executor).
+        _ = EventLoop.shared
+        try await Task.sleep(for: .milliseconds(50))
+        let threadsBefore = threadCount()
+        let descriptorsBefore = openDescriptors().count
+        var threadsDuring = 0
+        for round in 0..<1000 {
+            let loop = try EventLoop()
+            // Each loop does some work: a socket pair registered and used, a timer.
+            let (first, second) = try AsyncStreamSocket.makePair(on: loop)
+            try await first.writeAll([1])
+            #expect(try await second.read(upTo: 1) == [1])
+            try await loop.sleep(for: .microseconds(10))
+            if round == 0 { threadsDuring = threadCount() }
+            try first.close()
+            try second.close()
+            try loop.shutdown()
+            #expect(loop.isShutDown)
+        }
+        let threadsAfter = threadCount()
+        let descriptorsAfter = openDescriptors().count
+        try writeChildResult([
+            "threadsBefore": String(threadsBefore), "threadsDuring": String(threadsDuring),
+            "threadsAfter": String(threadsAfter),
+            "descriptorsBefore": String(descriptorsBefore), "descriptorsAfter": String(descriptorsAfter),
+        ])
+    }
+
+    @Test func theSharedLoopRefusesToShutDown() {
+        #expect(throws: SocketError.self) { try EventLoop.shared.shutdown() }
+        #expect(!EventLoop.shared.isShutDown)
+    }
+
+    /// Sockets still registered when their loop stops fail with `.closed`:
+    /// waiting operations at once, later ones when they would wait.
+    @Test func shutdownFailsWaitingAndLaterOperationsWithClosed() async throws {
+        let loop = try EventLoop()
+        let (first, second) = try AsyncStreamSocket.makePair(on: loop)
+        defer {
+            try? first.close()
+            try? second.close()
+        }
+        let reader = Task { try await first.read(upTo: 16) }
+        let sleeper = Task { try await loop.sleep(for: .seconds(3600)) }
+        try await Task.sleep(for: .milliseconds(100))
+        try loop.shutdown()
+        for outcome in [await reader.result.map { _ in () }, await sleeper.result] {
+            guard case .failure(let error as SocketError) = outcome else {
+                Issue.record("expected .closed, got \(outcome)")
+                continue
+            }
+            #expect(error.code == .closed)
+        }
+        await #expect(throws: SocketError.self) { _ = try await second.read(upTo: 16) }
+        #expect(throws: SocketError.self) { _ = try AsyncStreamSocket.makePair(on: loop) }
+    }
+
+    /// A task that prefers a loop that has stopped goes on running elsewhere.
+    @Test func tasksPreferringAStoppedLoopStillRun() async throws {
+        let loop = try EventLoop()
+        try loop.shutdown()
+        let value = await Task(executorPreference: loop) { 42 }.value
+        #expect(value == 42)
+    }
+
+    /// Shutdown from a task running on the loop itself does not deadlock.
+    @Test func aLoopCanBeShutDownFromItsOwnThread() async throws {
+        let loop = try EventLoop()
+        try await Task(executorPreference: loop) {
+            #expect(loop.inEventLoop)
+            try loop.shutdown()
+        }.value
+        for _ in 0..<6000 where !loop.isShutDown { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(loop.isShutDown)
+    }
+
+    @Test func sleepIsCancellable() async throws {
+        let loop = try EventLoop()
+        defer { try? loop.shutdown() }
+        let sleeper = Task { try await loop.sleep(for: .seconds(3600)) }
+        try await Task.sleep(for: .milliseconds(50))
+        sleeper.cancel()
+        await #expect(throws: CancellationError.self) { try await sleeper.value }
+    }
+
+    /// A group hands its loops out in turn: accepted connections alternate.
+    @Test func aGroupSpreadsAcceptedConnectionsOverItsLoops() async throws {
+        let group = try EventLoopGroup(loopCount: 2)
+        defer { try? group.shutdown() }
+        let address = try uniqueAbstractAddress("group")
+        let listener = try AsyncStreamListener.bind(to: address, on: group)
+        defer { try? listener.close() }
+        var clients: [StreamSocket] = []
+        var loops: [ObjectIdentifier] = []
+        for _ in 0..<4 {
+            let client = try StreamSocket.connect(to: address)
+            clients.append(client)
+            let (connection, _) = try await listener.accept(timeout: .seconds(30))
+            loops.append(ObjectIdentifier(connection.eventLoop))
+            // Served on its own loop, it echoes.
+            let echoed = try await Task(executorPreference: connection.eventLoop) {
+                #expect(connection.eventLoop.inEventLoop)
+                try client.writeAll([7])
+                let byte = try await connection.read(upTo: 1, timeout: .seconds(30))
+                try connection.close()
+                return byte
+            }.value
+            #expect(echoed == [7])
+        }
+        #expect(Set(loops).count == 2)
+        #expect(loops[0] != loops[1] && loops[0] == loops[2] && loops[1] == loops[3])
+        #expect(throws: SocketError.self) { _ = try EventLoopGroup(loopCount: 0) }
+    }
+}
+
+// MARK: Connect interrupted by a signal
+
+private let interruptions = Atomic<Int>(0)
+
+/// Shared by reference: an `Atomic` captured by an escaping closure is not
+/// the caller's.
+private final class Flag: Sendable {
+    let value = Atomic<Bool>(false)
+}
+
+@Suite("Connect interrupted by a signal")
+struct ConnectInterruptedTests {
+    /// A blocking Unix connect waits while the listener's backlog is full. A
+    /// signal whose handler was installed without SA_RESTART interrupts it:
+    /// the call must not come back "connected" on a socket that is not, but
+    /// go on until the listener has room, and then be connected for real.
+    /// In a child process: the handler is process-wide.
+    @Test func aUnixConnectInterruptedBySignalsCompletesForReal() throws {
+        try withTemporaryDirectory { directory in
+            let child = try runTestInChildProcess(named: "interruptedConnectInChildProcess", in: directory)
+            #expect(child.reason == .exit)
+            #expect(child.status == 0, "child output:\n\(child.output)")
+            let result = try #require(child.result, "no result from the child; output:\n\(child.output)")
+            #expect(result["interruptions"].flatMap(Int.init) ?? 0 > 0, "\(result)")
+            #expect(result["returnedEarly"] == "false", "\(result)")
+            #expect(result["echo"] == "ok", "\(result)")
+        }
+    }
+
+    @Test(.enabled(if: isChildProcess(for: "interruptedConnectInChildProcess")))
+    func interruptedConnectInChildProcess() throws {
+        _ = interruptions.load(ordering: .relaxed)
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { _ in interruptions.add(1, ordering: .relaxed) }
+        action.sa_flags = 0  // no SA_RESTART: the blocked connect returns EINTR
+        sigemptyset(&action.sa_mask)
+        sigaction(SIGUSR2, &action, nil)
+
+        try withTemporaryDirectory { directory in
+            let address = try UnixAddress(directory.path("full.sock"))
+            // Backlog 0: one connection waits in the queue, the next blocks.
+            let listener = try StreamListener.bind(to: address, options: BindOptions(backlog: 0))
+            let queued = try StreamSocket.connect(to: address)
+            let connectingThread = Mutex<pthread_t?>(nil)
+            let connected = Flag()
+            let client = BackgroundThread { () throws -> StreamSocket in
+                // Threads made from the concurrency pool's inherit its mask,
+                // which blocks signals: let this one be interrupted.
+                var unblocked = sigset_t()
+                sigemptyset(&unblocked)
+                sigaddset(&unblocked, SIGUSR2)
+                pthread_sigmask(SIG_UNBLOCK, &unblocked, nil)
+                connectingThread.withLock { $0 = pthread_self() }
+                let socket = try StreamSocket.connect(to: address)
+                connected.value.store(true, ordering: .releasing)
+                return socket
+            }
+            while connectingThread.withLock({ $0 }) == nil { pause(.milliseconds(1)) }
+            let thread = connectingThread.withLock { $0! }
+            // Interrupt it many times while it waits for room.
+            for _ in 0..<30 {
+                pthread_kill(thread, SIGUSR2)
+                pause(.milliseconds(10))
+            }
+            let returnedEarly = connected.value.load(ordering: .acquiring)
+            // Make room: the blocked connect goes through.
+            let (first, _) = try listener.accept()
+            let socket = try client.join()
+            let (second, _) = try listener.accept()
+            try socket.writeAll(Array("ping".utf8))
+            let echo = try second.readExactly(4) == Array("ping".utf8) ? "ok" : "wrong bytes"
+            try writeChildResult([
+                "interruptions": String(interruptions.load(ordering: .relaxed)),
+                "returnedEarly": String(returnedEarly), "echo": echo,
+            ])
+            withExtendedLifetime((queued, first)) {}
+        }
+    }
+}
