@@ -325,8 +325,15 @@ func describe(_ credentials: PeerCredentials) -> String {
 }
 
 extension UnixAddress {
-    /// As Python prints a client address: empty for an unnamed client.
-    var classicText: String { kind == .unnamed ? "" : description }
+    /// As Python prints a client address: empty for an unnamed client, a path
+    /// as it is (without the escapes of `description`).
+    var classicText: String {
+        switch kind {
+        case .unnamed: ""
+        case .path: path ?? ""
+        case .abstract: description
+        }
+    }
 }
 
 /// The server's printed lines. While more than one client is connected, each
