@@ -31,7 +31,7 @@ struct EchoServer: AsyncParsableCommand {
     @Option(help: "The socket type: stream, dgram or seqpacket.")
     var type: SocketTypeOption = .stream
 
-    @Option(help: "Bytes read at a time (the classic server reads 16).")
+    @Option(parsing: .unconditional, help: "Bytes read at a time, \(OptionRange.bufferSize.text) (the classic server reads 16).")
     var chunk: Int = 65536
 
     @Option(help: "The socket file's mode, in octal (e.g. 600).")
@@ -66,7 +66,7 @@ struct EchoServer: AsyncParsableCommand {
     }
 
     func validate() throws {
-        guard chunk > 0 else { throw ValidationError("--chunk must be at least 1") }
+        try OptionRange.bufferSize.check("--chunk", chunk)
         // A datagram server has no connections to check or refuse: never
         // ignore an access restriction silently.
         if type == .dgram && (!allowedUserIDs.isEmpty || !allowedGroupIDs.isEmpty || showPeer) {
