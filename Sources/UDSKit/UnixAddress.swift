@@ -46,12 +46,11 @@ public struct UnixAddress: Hashable, Sendable, CustomStringConvertible {
 
     /// A filesystem path given as raw bytes (paths need not be UTF-8).
     public init(pathBytes: [UInt8]) throws(SocketError) {
-        let shown = Self.escapePath(pathBytes)
         if pathBytes.isEmpty { throw SocketError("address", address: "", code: .emptyPath) }
-        if pathBytes.contains(0) { throw SocketError("address", address: shown, code: .containsNUL) }
+        if pathBytes.contains(0) { throw SocketError("address", address: Self.escapePath(pathBytes), code: .containsNUL) }
         if pathBytes.count > Self.maximumPathLength {
             throw SocketError(
-                "address", address: shown,
+                "address", address: Self.escapePath(pathBytes),
                 code: .pathTooLong(length: pathBytes.count, limit: Self.maximumPathLength))
         }
         self.init(kind: .path, bytes: pathBytes)
@@ -166,22 +165,30 @@ public struct UnixAddress: Hashable, Sendable, CustomStringConvertible {
 
     private static let unnamedText = "(unnamed)"
 
+    // The text is built as UTF-8 bytes and made a String once: appending to a
+    // String scalar by scalar costs several times more.
+
     private static func escapeName(_ name: [UInt8]) -> String {
-        var text = ""
+        var text: [UInt8] = []
+        text.reserveCapacity(name.count)
         for byte in name {
             switch byte {
-            case UInt8(ascii: "\\"): text += #"\\"#
-            case 0x21...0x7e: text.unicodeScalars.append(Unicode.Scalar(byte))
+            case UInt8(ascii: "\\"): text += [byte, byte]
+            case 0x21...0x7e: text.append(byte)
             default: appendEscape(byte, to: &text)
             }
         }
-        return text
+        return String(decoding: text, as: UTF8.self)
     }
 
     /// Keeps the path readable (spaces, letters in any script) and escapes only
     /// what would print as something else or not at all.
     private static func escapePath(_ path: [UInt8]) -> String {
-        var text = ""
+        if path.allSatisfy({ (0x20...0x7e).contains($0) && $0 != UInt8(ascii: "\\") }) {
+            return String(decoding: path, as: UTF8.self)  // The usual path: nothing to escape.
+        }
+        var text: [UInt8] = []
+        text.reserveCapacity(path.count)
         var parser = Unicode.UTF8.ForwardParser()
         var input = path.makeIterator()
         var start = 0
@@ -189,17 +196,17 @@ public struct UnixAddress: Hashable, Sendable, CustomStringConvertible {
             let length: Int
             switch parser.parseScalar(from: &input) {
             case .emptyInput:
-                return text
+                return String(decoding: text, as: UTF8.self)
             case .error(let invalidLength):
                 length = invalidLength
                 for byte in path[start..<start + length] { appendEscape(byte, to: &text) }
             case .valid(let encoded):
                 length = encoded.count
-                let scalar = Unicode.UTF8.decode(encoded)
-                if scalar == "\\" {
-                    text += #"\\"#
-                } else if isShownAsItself(scalar) {
-                    text.unicodeScalars.append(scalar)
+                let byte = encoded.first!
+                if byte == UInt8(ascii: "\\") {
+                    text += [byte, byte]
+                } else if (0x20...0x7e).contains(byte) || (length > 1 && isShownAsItself(Unicode.UTF8.decode(encoded))) {
+                    text += encoded
                 } else {
                     for byte in encoded { appendEscape(byte, to: &text) }
                 }
@@ -217,9 +224,10 @@ public struct UnixAddress: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    private static func appendEscape(_ byte: UInt8, to text: inout String) {
-        let hex = String(byte, radix: 16)
-        text += #"\x"# + (hex.count == 1 ? "0" + hex : hex)
+    private static let hexDigits = Array("0123456789abcdef".utf8)
+
+    private static func appendEscape(_ byte: UInt8, to text: inout [UInt8]) {
+        text += [UInt8(ascii: "\\"), UInt8(ascii: "x"), hexDigits[Int(byte >> 4)], hexDigits[Int(byte & 0xF)]]
     }
 
     /// Reverses the escapes; any other use of a backslash is an error rather
@@ -228,8 +236,9 @@ public struct UnixAddress: Hashable, Sendable, CustomStringConvertible {
         func invalid(_ why: String) -> SocketError {
             SocketError("address", address: shown, code: .invalidAddress(why))
         }
-        var result: [UInt8] = []
         var input = Array(text.utf8)[...]
+        guard input.contains(UInt8(ascii: "\\")) else { return Array(input) }
+        var result: [UInt8] = []
         while let byte = input.popFirst() {
             guard byte == UInt8(ascii: "\\") else {
                 result.append(byte)
