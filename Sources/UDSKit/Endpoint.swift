@@ -16,6 +16,9 @@
 /// | `@name`, `abstract:name` | a Linux abstract name |
 /// | `tcp:HOST:PORT` | TCP; `tcp:[::1]:PORT` for an IPv6 address |
 /// | `tcp:PORT` | TCP on the IPv4 loopback address, `127.0.0.1` |
+///
+/// In paths and names, `\\` is a backslash and `\xNN` the byte NN, as in
+/// ``UnixAddress/init(_:)``.
 public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     /// The two kinds of endpoint.
     public enum Kind: Hashable, Sendable {
@@ -51,9 +54,9 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     ///   throws for a bad path or name.
     public init(_ text: String) throws(SocketError) {
         if let rest = text.dropPrefix("unix:") {
-            self = .unix(try UnixAddress(path: String(rest)))
+            self = .unix(try UnixAddress(pathText: rest, shownAs: text))
         } else if let rest = text.dropPrefix("abstract:") {
-            self = .unix(try UnixAddress(abstractName: String(rest)))
+            self = .unix(try UnixAddress(abstractText: rest, shownAs: text))
         } else if let rest = text.dropPrefix("tcp:") {
             let (host, port) = try Self.parseHostAndPort(rest, text: text, defaultHost: Self.loopbackHost)
             self = .tcp(host: host, port: port)
@@ -110,13 +113,15 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
 
     /// The text form, which ``init(_:)`` parses back: `./uds_socket`, `@name`,
     /// `tcp:127.0.0.1:8080`, `tcp:[::1]:8080`. A path that would read as
-    /// something else is written `unix:PATH`.
+    /// something else (`@x`, `tcp:1`, `(unnamed)`) is written `unix:PATH`.
+    /// Paths and names use ``UnixAddress``'s escapes, after a prefix too.
     public var description: String {
         switch kind {
         case .unix(let address):
-            let text = address.description
-            guard address.kind == .path else { return text }
-            let ambiguous = text.hasPrefix("@") || ["unix:", "abstract:", "tcp:"].contains { text.dropPrefix($0) != nil }
+            guard address.kind == .path else { return address.description }
+            let text = address.escapedText
+            let ambiguous = text.utf8.first == UInt8(ascii: "@") || text.utf8.elementsEqual(UnixAddress.unnamed.description.utf8)
+                || ["unix:", "abstract:", "tcp:"].contains { text.dropPrefix($0) != nil }
             return ambiguous ? "unix:" + text : text
         case .tcp(let host, let port):
             return host.contains(":") ? "tcp:[\(host)]:\(port)" : "tcp:\(host):\(port)"
@@ -125,13 +130,18 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
 }
 
 extension String {
-    /// The rest after `prefix`, compared without regard to ASCII case; nil if
-    /// the text does not start with it.
+    /// The rest after the ASCII `prefix`, compared without regard to case; nil
+    /// if the text does not start with it. By scalar, not Character, so a
+    /// combining mark after the colon stays in the rest.
     fileprivate func dropPrefix(_ prefix: String) -> Substring? {
-        guard count >= prefix.count else { return nil }
-        let head = self.prefix(prefix.count)
-        guard head.lowercased() == prefix.lowercased() else { return nil }
-        return dropFirst(prefix.count)
+        func lowercased(_ scalar: Unicode.Scalar) -> UInt32 {
+            (0x41...0x5A).contains(scalar.value) ? scalar.value + 0x20 : scalar.value
+        }
+        let head = unicodeScalars.prefix(prefix.unicodeScalars.count)
+        guard head.count == prefix.unicodeScalars.count,
+            zip(head, prefix.unicodeScalars).allSatisfy({ lowercased($0) == lowercased($1) })
+        else { return nil }
+        return Substring(unicodeScalars[head.endIndex...])
     }
 }
 

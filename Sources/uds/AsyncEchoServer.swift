@@ -42,7 +42,7 @@ extension EchoServer {
             do {
                 try await socket.send(message, to: sender)
             } catch {
-                report(error)  // The client went away; keep serving the others.
+                transcript.report(error)  // The client went away; keep serving the others.
             }
         }
     }
@@ -108,13 +108,13 @@ private func echo(
                 return
             }
             if receipt.isTruncated {
-                report(SocketError("recvmsg", address: peer.description, code: .messageTruncated(length: nil, capacity: chunk)))
+                transcript.report(SocketError("recvmsg", address: peer.description, code: .messageTruncated(length: nil, capacity: chunk)))
             }
             transcript.say("sending data back to the client", client: id)
             try await connection.send(data)
         }
     } catch {
-        if !ShutdownSignals.received.load(ordering: .acquiring) { report(error) }
+        if !ShutdownSignals.received.load(ordering: .acquiring) { transcript.report(error) }
     }
 }
 
@@ -152,7 +152,7 @@ private func echo(
             if !unsent.isEmpty { try await connection.writeAll(unsent) }
         }
     } catch {
-        if !ShutdownSignals.received.load(ordering: .acquiring) { report(error) }
+        if !ShutdownSignals.received.load(ordering: .acquiring) { transcript.report(error) }
     }
 }
 

@@ -40,22 +40,22 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "ping-pong or stream.")
     var mode: Mode = .pingpong
 
-    @Option(help: "Concurrent connections (ping-pong).")
+    @Option(parsing: .unconditional, help: "Concurrent connections (ping-pong), \(OptionRange.connections.text), and connections times size at most 1 GiB.")
     var connections: Int = 1
 
-    @Option(help: "Message size in bytes (ping-pong).")
+    @Option(parsing: .unconditional, help: "Message size (ping-pong), \(OptionRange.bufferSize.text).")
     var size: Int = 100
 
-    @Option(help: "Seconds to measure (ping-pong).")
+    @Option(parsing: .unconditional, help: "Seconds to measure (ping-pong), \(OptionRange.positiveSeconds.text).")
     var duration: Double = 5
 
-    @Option(help: "Seconds of warm-up before measuring (ping-pong).")
+    @Option(parsing: .unconditional, help: "Seconds of warm-up before measuring (ping-pong), \(OptionRange.seconds.text).")
     var warmup: Double = 1
 
-    @Option(help: "Bytes to stream (stream).")
+    @Option(parsing: .unconditional, help: "Bytes to stream (stream), \(OptionRange.streamLength.text).")
     var bytes: Int = 1 << 30
 
-    @Option(help: "Bytes per write (stream).")
+    @Option(parsing: .unconditional, help: "Bytes per write (stream), \(OptionRange.bufferSize.text).")
     var writeSize: Int = 65536
 
     @Option(help: "The server's pid, to report its CPU time per operation (Linux).")
@@ -68,8 +68,14 @@ struct Bench: AsyncParsableCommand {
     var quiet = false
 
     func validate() throws {
-        guard connections > 0, size > 0, duration > 0, warmup >= 0, bytes > 0, writeSize > 0 else {
-            throw ValidationError("counts, sizes and durations must be positive")
+        try OptionRange.connections.check("--connections", connections)
+        try OptionRange.bufferSize.check("--size", size)
+        try OptionRange.positiveSeconds.check("--duration", duration)
+        try OptionRange.seconds.check("--warmup", warmup)
+        try OptionRange.streamLength.check("--bytes", bytes)
+        try OptionRange.bufferSize.check("--write-size", writeSize)
+        if mode == .pingpong {
+            try OptionRange.messagesInFlight.check("--connections", connections * size, given: "\(connections) with --size \(size)")
         }
     }
 

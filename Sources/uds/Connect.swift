@@ -39,14 +39,19 @@ struct Connect: ParsableCommand {
     @Option(help: "The socket type: stream, dgram or seqpacket (Unix sockets only for the last two).")
     var type: SocketTypeOption = .stream
 
-    @Option(help: "Give up connecting after this long (seconds, or with ms/s/m).")
+    @Option(parsing: .unconditional, help: "Give up connecting after this long (seconds, or with ms/s/m; \(OptionRange.seconds.text)).")
     var timeout: DurationOption?
 
-    @Option(help: "How long input may still be sent after the peer ends its stream (dgram: how long answers are awaited after input ends).")
+    @Option(parsing: .unconditional, help: "How long input may still be sent after the peer ends its stream (dgram: how long answers are awaited after input ends); \(OptionRange.seconds.text).")
     var linger: DurationOption = DurationOption(argument: "0.5")!
 
     @Option(name: .customLong("bind"), help: "dgram: the address to receive answers at (default: an automatic one).")
     var localAddress: String?
+
+    func validate() throws {
+        try OptionRange.seconds.check("--timeout", timeout)
+        try OptionRange.seconds.check("--linger", linger)
+    }
 
     func run() throws {
         let endpoint = try parseEndpoint(address)
@@ -176,11 +181,12 @@ struct Listen: ParsableCommand {
     @Option(help: "The socket file's mode, in octal (e.g. 600).")
     var mode: FileModeOption?
 
-    @Option(help: "How long input may still be sent after a peer ends its stream.")
+    @Option(parsing: .unconditional, help: "How long input may still be sent after a peer ends its stream; \(OptionRange.seconds.text).")
     var linger: DurationOption = DurationOption(argument: "0.5")!
 
     func validate() throws {
         if type == .dgram { throw ValidationError("for datagrams, use `uds recv ADDRESS`") }
+        try OptionRange.seconds.check("--linger", linger)
     }
 
     func run() throws {

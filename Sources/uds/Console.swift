@@ -5,6 +5,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Dispatch
 import Synchronization
 
 /// Whole lines to standard output or error, one `write` sequence per line under
@@ -45,6 +46,79 @@ final class Console: Sendable {
 /// Prints an error as `uds: <operation>(<address>): <reason>`.
 func report(_ error: any Error) {
     Console.standardError.line("uds: \(error)")
+}
+
+/// Lines that can come once per client or message, limited so that a flood of
+/// them cannot flood the console: per key, the first line is printed at once;
+/// lines with the same key within the next interval are counted, not printed,
+/// and when the interval ends one summary line gives the count. While they keep
+/// coming, that is one line per key per interval; after a quiet interval the
+/// next one is printed at once again. Counts still pending at exit are lost.
+final class RateLimitedLines: Sendable {
+    static let standardError = RateLimitedLines(interval: .seconds(10)) { Console.standardError.line($0) }
+
+    /// The interval as summaries name it: `10 s`.
+    var intervalText: String { "\(interval.components.seconds) s" }
+
+    private struct Window {
+        var start: ContinuousClock.Instant
+        var counted = 0
+        var summary: @Sendable (Int) -> String
+    }
+
+    private let interval: Duration
+    private let output: @Sendable (String) -> Void
+    private let windows = Mutex<[String: Window]>([:])
+
+    init(interval: Duration, output: @escaping @Sendable (String) -> Void) {
+        self.interval = interval
+        self.output = output
+    }
+
+    private enum Outcome {
+        case print
+        case counted
+        /// The first line counted in its window: its summary must be scheduled.
+        case countedFirst(summaryDue: ContinuousClock.Instant)
+    }
+
+    /// Prints `line()`, or counts it if `key` was printed within the interval;
+    /// `summary(count)` is the line for the lines counted.
+    func line(key: String, _ line: () -> String, summary: @escaping @Sendable (Int) -> String) {
+        let now = ContinuousClock.now
+        let outcome: Outcome = windows.withLock { windows in
+            // A window whose summary is still due counts on, however late its timer is.
+            guard var window = windows[key], now < window.start + interval || window.counted > 0 else {
+                windows[key] = Window(start: now, summary: summary)
+                return .print
+            }
+            window.counted += 1
+            window.summary = summary
+            windows[key] = window
+            return window.counted == 1 ? .countedFirst(summaryDue: window.start + interval) : .counted
+        }
+        switch outcome {
+        case .print:
+            output(line())
+        case .countedFirst(let due):
+            let delay = max(.zero, due - now).components
+            let nanoseconds = Int(delay.seconds) * 1_000_000_000 + Int(delay.attoseconds / 1_000_000_000)
+            DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(nanoseconds)) { self.summarize(key) }
+        case .counted:
+            break
+        }
+    }
+
+    /// Prints the count of the window that ends now and opens the next one, so
+    /// that a flood which goes on is summarised once per interval.
+    private func summarize(_ key: String) {
+        let text: String? = windows.withLock { windows in
+            guard let window = windows[key], window.counted > 0 else { return nil }
+            windows[key] = Window(start: .now, summary: window.summary)
+            return window.summary(window.counted)
+        }
+        if let text { output(text) }
+    }
 }
 
 /// The bytes as Python 3 prints them with `repr()`: `b'This is the mess'`.

@@ -29,7 +29,7 @@ struct EchoClient: ParsableCommand {
     @Option(help: "The message to send.")
     var message: String = "This is the message. It will be repeated."
 
-    @Option(help: "Bytes read at a time (stream), or the largest reply accepted (dgram, seqpacket).")
+    @Option(parsing: .unconditional, help: "Bytes read at a time (stream), or the largest reply accepted (dgram, seqpacket); \(OptionRange.bufferSize.text).")
     var chunk: Int = 16
 
     @Option(help: "The socket type: stream, dgram or seqpacket.")
@@ -38,12 +38,12 @@ struct EchoClient: ParsableCommand {
     @Option(help: "Bind this address first, so the server sees who is calling (a path with the pid, say).")
     var bind: String?
 
-    @Option(help: "Seconds to wait for each reply before giving up.")
+    @Option(parsing: .unconditional, help: "Seconds to wait for each reply before giving up; \(OptionRange.positiveSeconds.text).")
     var timeout: Double = 10
 
     func validate() throws {
-        guard chunk > 0 else { throw ValidationError("--chunk must be at least 1") }
-        guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
+        try OptionRange.bufferSize.check("--chunk", chunk)
+        try OptionRange.positiveSeconds.check("--timeout", timeout)
     }
 
     func run() throws {

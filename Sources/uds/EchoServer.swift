@@ -16,6 +16,11 @@ struct EchoServer: AsyncParsableCommand {
             any other kind of file at the path is never touched. SIGINT or SIGTERM stop
             the server and remove its socket file.
 
+            Errors with single clients are rate-limited: the first of each kind is
+            printed, and repeats within 10 s are counted in one line at the end of the
+            10 s. With --quiet, clients that leave before reading their echo (broken
+            pipe, connection reset) are only counted.
+
             Examples:
               uds echo-server
               uds echo-server /tmp/echo.sock --mode 600
@@ -31,7 +36,7 @@ struct EchoServer: AsyncParsableCommand {
     @Option(help: "The socket type: stream, dgram or seqpacket.")
     var type: SocketTypeOption = .stream
 
-    @Option(help: "Bytes read at a time (the classic server reads 16).")
+    @Option(parsing: .unconditional, help: "Bytes read at a time, \(OptionRange.bufferSize.text) (the classic server reads 16).")
     var chunk: Int = 65536
 
     @Option(help: "The socket file's mode, in octal (e.g. 600).")
@@ -66,7 +71,7 @@ struct EchoServer: AsyncParsableCommand {
     }
 
     func validate() throws {
-        guard chunk > 0 else { throw ValidationError("--chunk must be at least 1") }
+        try OptionRange.bufferSize.check("--chunk", chunk)
         // A datagram server has no connections to check or refuse: never
         // ignore an access restriction silently.
         if type == .dgram && (!allowedUserIDs.isEmpty || !allowedGroupIDs.isEmpty || showPeer) {
@@ -162,7 +167,7 @@ struct EchoServer: AsyncParsableCommand {
         case .connectionAbort?, .interrupted?:
             return .zero
         case .tooManyOpenFiles?, .tooManyOpenFilesInSystem?, .noBufferSpace?, .noMemory?:
-            report(error)
+            ServerReports.report(error)
             return .milliseconds(100)
         default:
             return nil
@@ -221,7 +226,7 @@ struct EchoServer: AsyncParsableCommand {
             do {
                 try socket.send(message, to: sender)
             } catch {
-                report(error)  // The client went away; keep serving the others.
+                transcript.report(error)  // The client went away; keep serving the others.
             }
         }
     }
@@ -236,11 +241,13 @@ extension EchoServer {
         let sender = receipt.sender ?? .unnamed
         transcript.say("received \(pythonBytesLiteral(message)) from \(sender.classicText)")
         if receipt.isTruncated {
-            report(SocketError("recvmsg", address: sender.description,
+            transcript.report(SocketError("recvmsg", address: sender.description,
                 code: .messageTruncated(length: receipt.fullLength, capacity: chunk)))
         }
         guard sender.kind != .unnamed else {
-            Console.standardError.line("uds: sendto: cannot reply: the sender did not bind an address")
+            ServerReports.line(key: "unnamed sender", "uds: sendto: cannot reply: the sender did not bind an address") {
+                "uds: sendto: cannot reply to \($0) more senders that did not bind an address, in the last \(ServerReports.interval)"
+            }
             return nil
         }
         transcript.say("sending data back to \(sender)")
@@ -299,14 +306,14 @@ private func echo(
                 return
             }
             if truncated {
-                report(SocketError("recvmsg", address: peer.description,
+                transcript.report(SocketError("recvmsg", address: peer.description,
                     code: .messageTruncated(length: nil, capacity: chunk)))
             }
             transcript.say("sending data back to the client", client: id)
             try connection.sendAll(data)
         }
     } catch {
-        if !ShutdownSignals.received.load(ordering: .acquiring) { report(error) }
+        if !ShutdownSignals.received.load(ordering: .acquiring) { transcript.report(error) }
     }
 }
 
@@ -325,8 +332,57 @@ func describe(_ credentials: PeerCredentials) -> String {
 }
 
 extension UnixAddress {
-    /// As Python prints a client address: empty for an unnamed client.
-    var classicText: String { kind == .unnamed ? "" : description }
+    /// As Python prints a client address: empty for an unnamed client, a path
+    /// as it is (without the escapes of `description`).
+    var classicText: String {
+        switch kind {
+        case .unnamed: ""
+        case .path: path ?? ""
+        case .abstract: description
+        }
+    }
+}
+
+/// How the servers report what goes wrong with single clients or messages:
+/// rate-limited (see ``RateLimitedLines``), so that a flood of clients cannot
+/// flood standard error. Failures that differ only in the address count as one.
+enum ServerReports {
+    static var interval: String { RateLimitedLines.standardError.intervalText }
+
+    /// An error, printed as `report` does unless the same failure was printed
+    /// within the interval.
+    static func report(_ error: any Error) {
+        let key = failure(error)
+        RateLimitedLines.standardError.line(key: key, { "uds: \(error)" }) { "uds: \(key): \($0) more in the last \(interval)" }
+    }
+
+    /// A line under `key`; `summary(count)` says what the lines counted were.
+    static func line(key: String, _ line: @autoclosure () -> String, summary: @escaping @Sendable (Int) -> String) {
+        RateLimitedLines.standardError.line(key: key, line, summary: summary)
+    }
+
+    /// Whether `error` means only that the client left before its echo was
+    /// written (or, for a datagram client, before it could be sent): normal
+    /// for a server, not a fault of it.
+    static func isClientGone(_ error: any Error) -> Bool {
+        guard let errno = (error as? SocketError)?.errno else { return false }
+        return [.brokenPipe, .connectionReset, .socketNotConnected, .connectionRefused, .noSuchFileOrDirectory]
+            .contains(errno)
+    }
+
+    /// One count for every client that left early, whatever the error.
+    static func clientGone(_ error: any Error) {
+        line(key: "client gone", "uds: a client left before reading its echo (\(failure(error))); more are counted, one line per \(interval) at most") {
+            $0 == 1 ? "uds: 1 client left before reading its echo in the last \(interval)"
+                : "uds: \($0) clients left before reading their echo in the last \(interval)"
+        }
+    }
+
+    /// The failure without the address: `write: broken pipe`.
+    private static func failure(_ error: any Error) -> String {
+        guard let error = error as? SocketError else { return "\(error)" }
+        return "\(error.operation): \(error.reason)"
+    }
 }
 
 /// The server's printed lines. While more than one client is connected, each
@@ -343,6 +399,16 @@ final class Transcript: Sendable {
     /// A line printed even with --quiet.
     func always(_ line: String) {
         Console.standardOutput.line(line)
+    }
+
+    /// An error serving one client. With --quiet, clients that left early are
+    /// only counted; everything else is reported, rate-limited.
+    func report(_ error: any Error) {
+        if isQuiet && ServerReports.isClientGone(error) {
+            ServerReports.clientGone(error)
+        } else {
+            ServerReports.report(error)
+        }
     }
 
     func say(_ line: @autoclosure () -> String, client: Int? = nil) {

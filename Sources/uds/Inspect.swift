@@ -247,7 +247,7 @@ struct Probe: ParsableCommand {
     @Flag(help: "Print nothing; the exit status is the answer.")
     var quiet = false
 
-    @Option(help: "TCP: how long to wait for the connection (seconds, or with ms/s/m).")
+    @Option(parsing: .unconditional, help: "TCP: how long to wait for the connection (seconds, or with ms/s/m; \(OptionRange.seconds.text)).")
     var timeout: DurationOption?
 
     struct Answer: Encodable {
@@ -259,6 +259,10 @@ struct Probe: ParsableCommand {
         var uid: UInt32?
         var gid: UInt32?
         var command: String?
+    }
+
+    func validate() throws {
+        try OptionRange.seconds.check("--timeout", timeout)
     }
 
     func run() throws {

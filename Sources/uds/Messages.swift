@@ -36,11 +36,12 @@ struct Send: ParsableCommand {
     @Option(name: .customLong("bind"), help: "An address to send from, so the receiver sees (and can answer) it.")
     var localAddress: String?
 
-    @Option(help: "Fail if a message cannot be sent within this long (the receiver's queue stays full).")
+    @Option(parsing: .unconditional, help: "Fail if a message cannot be sent within this long (the receiver's queue stays full); \(OptionRange.seconds.text).")
     var timeout: DurationOption?
 
     func validate() throws {
         if type == .stream { throw ValidationError("for streams, use `uds connect ADDRESS`") }
+        try OptionRange.seconds.check("--timeout", timeout)
     }
 
     func run() throws {
@@ -114,10 +115,10 @@ struct Receive: ParsableCommand {
     @Option(help: "The socket type: dgram or seqpacket.")
     var type: SocketTypeOption = .dgram
 
-    @Option(help: "Exit after this many messages.")
+    @Option(parsing: .unconditional, help: "Exit after this many messages (\(OptionRange.count.text)).")
     var count: Int?
 
-    @Option(help: "Stop after this long without a message (seconds, or with ms/s/m).")
+    @Option(parsing: .unconditional, help: "Stop after this long without a message (seconds, or with ms/s/m; \(OptionRange.seconds.text)).")
     var timeout: DurationOption?
 
     @Flag(help: "Print only each message's bytes, followed by a newline.")
@@ -131,7 +132,8 @@ struct Receive: ParsableCommand {
 
     func validate() throws {
         if type == .stream { throw ValidationError("for streams, use `uds listen ADDRESS`") }
-        if let count, count < 1 { throw ValidationError("--count must be at least 1") }
+        try OptionRange.count.check("--count", count)
+        try OptionRange.seconds.check("--timeout", timeout)
     }
 
     func run() throws {

@@ -48,3 +48,60 @@ func raiseDescriptorLimit() {
     limit.rlim_cur = limit.rlim_max
     _ = setrlimit(resource, &limit)
 }
+
+/// The values a size, count or duration option accepts, and how help and
+/// errors spell them. Every such option is checked in `validate()`, so a value
+/// out of range ends the command with one usage line naming the option, the
+/// value and the range, before any socket exists, instead of crashing later
+/// (a 1 TB `--chunk` is an allocation that cannot succeed, a huge duration
+/// overflows). Declare the option with `parsing: .unconditional`, so that a
+/// negative value reaches the check rather than reading as a flag.
+struct OptionRange<Value: Comparable & Sendable>: Sendable {
+    let bounds: ClosedRange<Value>
+    /// The range as help and errors print it: `1 to 67108864 bytes (64 MiB)`.
+    let text: String
+
+    /// Ends the command with the usage status unless `value` is in range;
+    /// `given` is the value as it was typed.
+    func check(_ option: String, _ value: Value, given: String) throws(ExitCode) {
+        guard bounds.contains(value) else {
+            Console.standardError.line("uds: \(option) \(given) is out of range: \(text)")
+            throw ExitCode.validationFailure
+        }
+    }
+}
+
+extension OptionRange<Int> {
+    /// A buffer allocated whole: read chunks, messages, writes.
+    static let bufferSize = OptionRange(bounds: 1...64 << 20, text: "1 to 67108864 bytes (64 MiB)")
+    /// Bytes streamed through a buffer, never held at once.
+    static let streamLength = OptionRange(bounds: 1...1 << 40, text: "1 to 1099511627776 bytes (1 TiB)")
+    /// Connections open at once, each with its buffers.
+    static let connections = OptionRange(bounds: 1...10_000, text: "1 to 10000")
+    /// Ping-pong messages of all connections together: each connection holds
+    /// three buffers of its message's size.
+    static let messagesInFlight = OptionRange(
+        bounds: 1...1 << 30, text: "connections times size at most 1073741824 bytes (1 GiB)")
+    /// A number of things that are counted, not held.
+    static let count = OptionRange(bounds: 1...Int.max, text: "at least 1")
+
+    func check(_ option: String, _ value: Int?) throws(ExitCode) {
+        if let value { try check(option, value, given: String(value)) }
+    }
+}
+
+extension OptionRange<Double> {
+    /// Any wait: zero up to a day. A longer one is better left out (no timeout).
+    static let seconds = OptionRange(bounds: 0...86_400, text: "0 to 86400 seconds (24 hours)")
+    /// A wait that must be longer than zero.
+    static let positiveSeconds = OptionRange(
+        bounds: Double.leastNonzeroMagnitude...86_400, text: "more than 0, up to 86400 seconds (24 hours)")
+
+    func check(_ option: String, _ value: Double) throws(ExitCode) {
+        try check(option, value, given: value.rounded() == value && value.magnitude < 1e15 ? String(Int(value)) : String(value))
+    }
+
+    func check(_ option: String, _ value: DurationOption?) throws(ExitCode) {
+        if let value { try check(option, value.seconds, given: value.text) }
+    }
+}

@@ -52,7 +52,7 @@ struct Relay: ParsableCommand {
     @Argument(help: "Where each connection is relayed to: an endpoint to connect to, or stdio.")
     var to: String
 
-    @Option(name: .customLong("max-conns"), help: "The most connections relayed at once.")
+    @Option(name: .customLong("max-conns"), parsing: .unconditional, help: "The most connections relayed at once, \(OptionRange.connections.text).")
     var maxConnections = 100
 
     @Flag(help: "Relay one connection, then exit.")
@@ -61,14 +61,15 @@ struct Relay: ParsableCommand {
     @Flag(name: [.short, .long], help: "Report each connection and its byte counts on standard error.")
     var verbose = false
 
-    @Option(help: "Give up connecting to TO after this long (seconds, or with ms/s/m).")
+    @Option(parsing: .unconditional, help: "Give up connecting to TO after this long (seconds, or with ms/s/m; \(OptionRange.seconds.text)).")
     var timeout: DurationOption?
 
     @Option(help: "unix-listen: the socket file's mode, in octal (e.g. 660).")
     var mode: FileModeOption?
 
     func validate() throws {
-        guard maxConnections >= 1 else { throw ValidationError("--max-conns must be at least 1") }
+        try OptionRange.connections.check("--max-conns", maxConnections)
+        try OptionRange.seconds.check("--timeout", timeout)
     }
 
     func run() throws {

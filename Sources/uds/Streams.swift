@@ -263,8 +263,10 @@ final class InputRouter: Sendable {
 }
 
 /// A duration given in seconds (`2`, `0.5`) or with a unit (`500ms`, `2s`, `1m`).
+/// Any number parses, negative or huge, so that `validate()` can name it in
+/// its one usage line (see ``OptionRange``).
 struct DurationOption: ExpressibleByArgument, CustomStringConvertible {
-    let duration: Duration
+    let seconds: Double
     let text: String
 
     init?(argument: String) {
@@ -276,15 +278,19 @@ struct DurationOption: ExpressibleByArgument, CustomStringConvertible {
             scale = factor
             break
         }
-        guard let value = Double(number), value >= 0, value.isFinite else { return nil }
-        duration = .nanoseconds(Int64(value * scale * 1e9))
+        guard let value = Double(number) else { return nil }
+        seconds = value * scale
         text = argument
     }
 
     var description: String { text }
 
-    var seconds: Double {
-        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    /// Clamped to what a `Duration` of nanoseconds holds, so that even an
+    /// unchecked value cannot trap in the conversion.
+    var duration: Duration {
+        let nanoseconds = seconds * 1e9
+        guard nanoseconds > 0 else { return .zero }  // NaN too
+        return nanoseconds < 9e18 ? .nanoseconds(Int64(nanoseconds)) : .nanoseconds(Int64.max)
     }
 }
 

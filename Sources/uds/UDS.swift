@@ -8,6 +8,7 @@ struct UDS: AsyncParsableCommand {
         discussion: """
             Addresses are filesystem paths, or on Linux abstract names written @name;
             connect, listen, relay and probe also take unix:PATH and tcp:HOST:PORT.
+            In a path or name, \\\\ is a backslash and \\xNN the byte NN (two hex digits).
             Errors are one line on standard error, naming the operation and the address;
             the exit status is then 1 (64 for bad command-line usage). uds probe answers
             with its exit status: see uds help probe.

@@ -52,6 +52,26 @@ func uniqueAbstractName(_ tag: String = "t") -> String {
     "udskit-test-\(getpid())-\(UInt64.random(in: 0...UInt64.max))-\(tag)"
 }
 
+// MARK: Reproducible randomness
+
+/// SplitMix64: a seeded generator, so a random test checks the same cases on
+/// every run and a failure can be replayed.
+struct SeededGenerator: RandomNumberGenerator {
+    private var state: UInt64
+
+    init(seed: UInt64) {
+        state = seed
+    }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var mixed = state
+        mixed = (mixed ^ (mixed >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        mixed = (mixed ^ (mixed >> 27)) &* 0x94D0_49BB_1331_11EB
+        return mixed ^ (mixed >> 31)
+    }
+}
+
 // MARK: Files
 
 /// The identity of a file: device and inode.

@@ -42,6 +42,119 @@ struct UnixAddressTests {
         #expect(UnixAddress.unnamed.description == "(unnamed)")
     }
 
+    @Test func theUnnamedTextIsRejectedNotReadAsAPath() throws {
+        let error = try #require(socketError { try UnixAddress("(unnamed)") })
+        guard case .invalidAddress(let why) = error.code else {
+            Issue.record("expected .invalidAddress, got \(error)")
+            return
+        }
+        #expect(why.contains("names no socket"))
+        #expect(why.contains("./(unnamed)"))
+        #expect(error.address == "(unnamed)")
+        #expect(socketError { try Endpoint("(unnamed)") }?.code == error.code)
+
+        // A file really named so prints escaped, and parses back.
+        let file = try UnixAddress(path: "(unnamed)")
+        #expect(file.description == #"\x28unnamed)"#)
+        #expect(try UnixAddress(file.description) == file)
+        #expect(try UnixAddress("./(unnamed)").path == "./(unnamed)")
+    }
+
+    @Test func aPathBeginningWithAtPrintsItsAtEscaped() throws {
+        let address = try UnixAddress(path: "@x")
+        #expect(address.description == #"\x40x"#)
+        let parsed = try UnixAddress(address.description)
+        #expect(parsed.kind == .path)
+        #expect(parsed == address)
+        // Only the first byte needs it.
+        #expect(try UnixAddress(path: "@x@y").description == #"\x40x@y"#)
+        #expect(try UnixAddress(path: "./@x").description == "./@x")
+        #expect(Endpoint.unix(address).description == "unix:@x")
+        // "@" and a combining mark are one Character, but still an abstract name's "@".
+        let marked = try UnixAddress(path: "@\u{301}x")
+        #expect(marked.description == #"\x40"# + "\u{301}x")
+        #expect(try UnixAddress(marked.description) == marked)
+        #expect(try UnixAddress("@\u{301}x").abstractName == Array("\u{301}x".utf8))
+        #expect(try Endpoint("unix:\u{301}x") == .unix(UnixAddress(path: "\u{301}x")))
+    }
+
+    @Test func pathBytesThatAreNotUTF8PrintAsEscapes() throws {
+        let address = try UnixAddress(pathBytes: [0x2F, 0x74, 0xFF, 0x2F, 0xC3, 0x28, 0xE2, 0x82])
+        #expect(address.description == #"/t\xff/\xc3(\xe2\x82"#)
+        #expect(try UnixAddress(address.description) == address)
+        #expect(try UnixAddress(address.description).bytes == address.bytes)
+        // A real U+FFFD is escaped too, so it never stands for a lost byte.
+        let replacement = try UnixAddress(path: "/a\u{FFFD}b")
+        #expect(replacement.description == #"/a\xef\xbf\xbdb"#)
+        #expect(try UnixAddress(replacement.description) == replacement)
+        // Letters in any script print as themselves.
+        #expect(try UnixAddress(path: "/tmp/ümlaut/σ.sock").description == "/tmp/ümlaut/σ.sock")
+    }
+
+    @Test func controlAndFormatCharactersInPathsPrintAsEscapes() throws {
+        let cases: [(String, String)] = [
+            ("a\nb", #"a\x0ab"#),
+            ("tab\there", #"tab\x09here"#),
+            ("del\u{7F}", #"del\x7f"#),
+            ("next\u{85}line", #"next\xc2\x85line"#),     // C1 control
+            ("rtl\u{202E}gpj.sock", #"rtl\xe2\x80\xaegpj.sock"#),  // bidi override
+            ("line\u{2028}sep", #"line\xe2\x80\xa8sep"#),
+            ("/tmp/some dir/sock", "/tmp/some dir/sock"),  // spaces are kept
+        ]
+        for (path, printed) in cases {
+            let address = try UnixAddress(path: path)
+            #expect(address.description == printed)
+            #expect(try UnixAddress(printed) == address)
+        }
+    }
+
+    @Test func aBackslashInAPathPrintsDoubled() throws {
+        let address = try UnixAddress(path: #"/tmp/back\slash"#)
+        #expect(address.description == #"/tmp/back\\slash"#)
+        #expect(try UnixAddress(address.description) == address)
+        #expect(try UnixAddress(path: #"\"#).description == #"\\"#)
+        // A backslash that starts no escape is an error, not a guess.
+        let error = try #require(socketError { try UnixAddress(#"/tmp/back\slash"#) })
+        #expect(error.address == #"/tmp/back\slash"#)
+        #expect(error.description == #"address(/tmp/back\slash): \s is not an escape; write \\ for a backslash or \xNN for a byte"#)
+    }
+
+    static let malformedEscapes: [(text: String, reason: String)] = [
+        (#"@\x+f"#, #"two hex digits, as in \x0f, not \x+f"#),
+        (#"@\x-1"#, #"not \x-1"#),
+        (#"@\x+0"#, #"not \x+0"#),
+        (#"@\xg0"#, "two hex digits"),
+        (#"@\x0g"#, "two hex digits"),
+        (#"@\x0"#, "two hex digits"),
+        (#"@\x"#, "two hex digits"),
+        (#"@\x 1"#, "two hex digits"),
+        (#"@\X41"#, #"\X is not an escape"#),
+        (#"@a\"#, "lone"),
+        (#"@\q"#, #"\q is not an escape"#),
+        (#"@\ "#, "not an escape"),
+        (#"@\ü"#, "not an escape"),
+        (#"/tmp/\x+f"#, "two hex digits"),
+        (#"\x4"#, "two hex digits"),
+        (#"/tmp/x\"#, "lone"),
+    ]
+
+    @Test("escapes take exactly \\\\ or \\x and two hex digits: no signs, no guesses", arguments: malformedEscapes)
+    func malformedEscapesAreRejected(text: String, reason: String) throws {
+        let error = try #require(socketError { try UnixAddress(text) })
+        #expect(error.operation == "address")
+        #expect(error.address == text)
+        guard case .invalidAddress(let why) = error.code else {
+            Issue.record("expected .invalidAddress, got \(error)")
+            return
+        }
+        #expect(why.contains(reason), "\(why)")
+        // The same text after an Endpoint prefix fails the same way, naming the whole text.
+        let prefixed = text.hasPrefix("@") ? "abstract:" + text.dropFirst() : "unix:" + text
+        let viaEndpoint = try #require(socketError { try Endpoint(prefixed) })
+        #expect(viaEndpoint.code == error.code)
+        #expect(viaEndpoint.address == prefixed)
+    }
+
     @Test func abstractNamesEscapeBytesThatAreNotPrintable() throws {
         let address = try UnixAddress(abstractName: [0x00, 0x41, 0x5C, 0x20, 0xFF, 0x0A, 0x7E])
         #expect(address.description == #"@\x00A\\\x20\xff\x0a~"#)
@@ -80,10 +193,132 @@ struct UnixAddressTests {
     }
 
     @Test func pathDescriptionRoundTrips() throws {
-        for text in ["./x", "/tmp/some dir/sock", "relative/ü.sock", #"/tmp/back\slash"#, "x"] {
+        for text in ["./x", "/tmp/some dir/sock", "relative/ü.sock", #"/tmp/back\\slash"#, #"/tmp/\xff"#, "x"] {
             let address = try UnixAddress(text)
             #expect(address.description == text)
             #expect(try UnixAddress(address.description) == address)
+        }
+    }
+
+    // MARK: The text form round-trips, for any bytes
+
+    // Each case is checked with plain comparisons and only a failure is
+    // recorded: an #expect per case would make this the slowest test by far.
+    // The loops yield now and then, so that tests waiting on short timeouts
+    // are not kept off the few threads Swift Testing runs them on.
+
+    @Test("description parses back to the same address, for thousands of random paths")
+    func randomPathsRoundTrip() async throws {
+        var generator = SeededGenerator(seed: 0x5EED_0001)
+        var coverage = Coverage()
+        var failures: [String] = []
+        for index in 0..<5000 {
+            if index % 100 == 0 { await Task.yield() }
+            let bytes = Self.trickyBytes(maximumLength: UnixAddress.maximumPathLength, nul: false, using: &generator)
+            let address = try UnixAddress(pathBytes: bytes)
+            coverage.note(bytes)
+            let text = address.description
+            let readsAsAnotherKind = text.utf8.first == UInt8(ascii: "@") || text == "(unnamed)"
+            let parsed = try? UnixAddress(text)
+            let endpoint = try? Endpoint(Endpoint.unix(address).description)
+            if readsAsAnotherKind || !Self.isOneLine(text) || parsed != address || endpoint != .unix(address) {
+                failures.append("\(bytes) printed as \(text)")
+            }
+        }
+        #expect(failures.isEmpty, "\(failures.count) failed, such as:\n\(failures.prefix(5).joined(separator: "\n"))")
+        coverage.expectReached(maximumLength: UnixAddress.maximumPathLength, nul: false)
+    }
+
+    @Test("description parses back to the same address, for thousands of random abstract names")
+    func randomAbstractNamesRoundTrip() async throws {
+        var generator = SeededGenerator(seed: 0x5EED_0002)
+        var coverage = Coverage()
+        var failures: [String] = []
+        for index in 0..<5000 {
+            if index % 100 == 0 { await Task.yield() }
+            let bytes = Self.trickyBytes(maximumLength: UnixAddress.maximumAbstractNameLength, nul: true, using: &generator)
+            let address = try UnixAddress(abstractName: bytes)
+            coverage.note(bytes)
+            let text = address.description
+            // Printable ASCII only, so it survives logs and shells.
+            let printable = text.utf8.first == UInt8(ascii: "@") && text.utf8.allSatisfy { (0x21...0x7E).contains($0) }
+            let parsed = try? UnixAddress(text)
+            let endpoint = try? Endpoint(Endpoint.unix(address).description)
+            let prefixed = try? Endpoint("abstract:" + text.dropFirst())
+            if !printable || parsed != address || endpoint != .unix(address) || prefixed != .unix(address) {
+                failures.append("\(bytes) printed as \(text)")
+            }
+        }
+        #expect(failures.isEmpty, "\(failures.count) failed, such as:\n\(failures.prefix(5).joined(separator: "\n"))")
+        coverage.expectReached(maximumLength: UnixAddress.maximumAbstractNameLength, nul: true)
+    }
+
+    /// No line breaks or other control characters: one address, one line of a log.
+    private static func isOneLine(_ text: String) -> Bool {
+        !text.unicodeScalars.contains { $0.properties.generalCategory == .control }
+    }
+
+    /// Byte strings made to trip a text form: any byte, and more often than
+    /// chance the ones with a meaning (`@` first, backslashes, `\x` with and
+    /// without digits, signs), valid UTF-8 of every length, and the prefixes an
+    /// ``Endpoint`` reads.
+    static func trickyBytes(maximumLength: Int, nul: Bool, using generator: inout SeededGenerator) -> [UInt8] {
+        let pieces: [[UInt8]] = [
+            [UInt8(ascii: "\\")], Array(#"\x"#.utf8), Array(#"\x4"#.utf8), Array(#"\x41"#.utf8), Array(#"\x+f"#.utf8),
+            Array("(unnamed)".utf8), Array("unix:".utf8), Array("abstract:".utf8), Array("tcp:".utf8),
+            [UInt8(ascii: "@")], [UInt8(ascii: "/")], [UInt8(ascii: " ")], Array("\u{FFFD}".utf8),
+        ]
+        let length = Int.random(in: 0...3, using: &generator) == 0
+            ? maximumLength : Int.random(in: 1...maximumLength, using: &generator)
+        var bytes: [UInt8] = Bool.random(using: &generator) ? [UInt8(ascii: "@")] : []
+        while bytes.count < length {
+            switch Int.random(in: 0..<8, using: &generator) {
+            case 0...2: bytes.append(UInt8.random(in: 0...255, using: &generator))
+            case 3: bytes.append(UInt8.random(in: 0x20...0x7E, using: &generator))
+            case 4...5: bytes += Array(String(randomScalar(using: &generator)).utf8)
+            default: bytes += pieces.randomElement(using: &generator)!
+            }
+        }
+        bytes = Array(bytes.prefix(length))
+        if !nul { bytes = bytes.map { $0 == 0 ? 1 : $0 } }
+        return bytes
+    }
+
+    private static func randomScalar(using generator: inout SeededGenerator) -> Unicode.Scalar {
+        let special: [UInt32] = [0x85, 0xA0, 0xAD, 0x200B, 0x200E, 0x202E, 0x2028, 0x2029, 0xFEFF, 0xFFFD]
+        let ranges: [ClosedRange<UInt32>] = [0x80...0x7FF, 0x800...0xD7FF, 0xE000...0xFFFF, 0x1_0000...0x10_FFFF]
+        if Bool.random(using: &generator) { return Unicode.Scalar(special.randomElement(using: &generator)!)! }
+        return Unicode.Scalar(UInt32.random(in: ranges.randomElement(using: &generator)!, using: &generator))!
+    }
+
+    /// Proof that the random cases include the ones that matter.
+    private struct Coverage {
+        var leadingAt = 0, backslash = 0, notUTF8 = 0, multibyte = 0, nul = 0, highBytes = Set<UInt8>(), longest = 0
+
+        mutating func note(_ bytes: [UInt8]) {
+            if bytes.first == UInt8(ascii: "@") { leadingAt += 1 }
+            if bytes.contains(UInt8(ascii: "\\")) { backslash += 1 }
+            if bytes.contains(0) { nul += 1 }
+            var parser = Unicode.UTF8.ForwardParser()
+            var input = bytes.makeIterator()
+            var valid = true
+            loop: while true {
+                switch parser.parseScalar(from: &input) {
+                case .emptyInput: break loop
+                case .error: valid = false
+                case .valid(let encoded): if encoded.count > 1 { multibyte += 1 }
+                }
+            }
+            if !valid { notUTF8 += 1 }
+            highBytes.formUnion(bytes.filter { $0 >= 0x80 })
+            longest = max(longest, bytes.count)
+        }
+
+        func expectReached(maximumLength: Int, nul expectsNUL: Bool, sourceLocation: SourceLocation = #_sourceLocation) {
+            #expect(expectsNUL ? nul > 100 : nul == 0, sourceLocation: sourceLocation)
+            #expect(leadingAt > 1000 && backslash > 1000 && notUTF8 > 1000 && multibyte > 1000, "\(self)", sourceLocation: sourceLocation)
+            #expect(highBytes.count == 128, sourceLocation: sourceLocation)
+            #expect(longest == maximumLength, sourceLocation: sourceLocation)
         }
     }
 
