@@ -31,7 +31,13 @@
 // Server CPU (-p PID): utime + stime from /proc/PID/stat (all its threads) at the
 // start and end of the measured window, per round trip or per MB echoed. The
 // client's own CPU time is reported the same way, so a run shows which side
-// was busy.
+// was busy. With -B the client never sleeps (epoll_wait with timeout 0); each
+// poll that found nothing is then charged at the CPU cost of an empty poll,
+// measured at start, and left out of the client's time: that was waiting.
+//
+// Sockets are edge-triggered. A read that returns less than it had room for
+// emptied the socket (Unix and TCP stream reads take everything queued), so it
+// is the last read until the next edge: one read per echo, not two.
 //
 // Output: one JSON line on stdout. Any mismatch, short or extra echo, unexpected
 // end of stream, connect or I/O error ends the run with exit status 1 and a
@@ -82,6 +88,7 @@ struct options {
     double duration;
     double warmup;
     double stall;
+    int spin;
     int server_pid;
     int cpus[CPU_SETSIZE];
     int cpu_count;
@@ -127,6 +134,9 @@ struct worker {
     struct histogram histogram;
     uint64_t round_trips;   // completed inside the measured window
     uint64_t bytes;         // echoed (streaming)
+    uint64_t empty_polls;   // polls that found nothing (-B), during the measured window
+    int in_window;          // the last round trip completed inside the measured window
+    double empty_poll_ns;   // the CPU time one empty poll costs on this thread
     uint64_t started_ns;
     uint64_t finished_ns;
 };
@@ -329,6 +339,46 @@ static void mismatch(const struct connection *connection, const unsigned char *g
          (unsigned long long)(position + at), got[at], expected[at]);
 }
 
+// Waits for events: asleep in epoll_wait, or with -B polling without sleeping,
+// so that the server never has to wake the client up. Polls that found nothing
+// are counted: that CPU time is waiting, not work. Returns the number of events,
+// or -1 after a failure.
+static int wait_for_events(struct worker *worker, struct epoll_event *events) {
+    for (;;) {
+        int ready = epoll_wait(worker->epoll_fd, events, MAX_EVENTS, options.spin ? 0 : 100);
+        if (ready > 0) return ready;
+        if (ready < 0) {
+            if (errno == EINTR) continue;
+            fail("epoll_wait: %s", strerror(errno));
+            return -1;
+        }
+        if (options.spin && worker->in_window) worker->empty_polls++;
+        return 0;
+    }
+}
+
+static uint64_t thread_cpu_ns(void) {
+    struct timespec time;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time);
+    return (uint64_t)time.tv_sec * 1000000000u + (uint64_t)time.tv_nsec;
+}
+
+// The CPU time of one epoll_wait that finds nothing: the best of a few batches on
+// an empty epoll set (an empty ready list costs the same however many are registered).
+static double measure_empty_poll(void) {
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event event;
+    double best = 0;
+    for (int batch = 0; batch < 5; batch++) {
+        uint64_t start = thread_cpu_ns();
+        for (int poll = 0; poll < 2000; poll++) epoll_wait(fd, &event, 1, 0);
+        double each = (double)(thread_cpu_ns() - start) / 2000;
+        if (batch == 0 || each < best) best = each;
+    }
+    close(fd);
+    return best;
+}
+
 // MARK: Ping-pong
 
 // Sends the rest of the current message; returns -1 on error.
@@ -344,7 +394,7 @@ static int send_message(struct worker *worker, struct connection *connection) {
             }
             if (!connection->wants_output) {
                 connection->wants_output = 1;
-                set_events(worker, connection, EPOLL_CTL_MOD, EPOLLIN | EPOLLOUT);
+                set_events(worker, connection, EPOLL_CTL_MOD, EPOLLIN | EPOLLOUT | EPOLLET);
             }
             return 0;
         }
@@ -352,7 +402,7 @@ static int send_message(struct worker *worker, struct connection *connection) {
     }
     if (connection->wants_output) {
         connection->wants_output = 0;
-        set_events(worker, connection, EPOLL_CTL_MOD, EPOLLIN);
+        set_events(worker, connection, EPOLL_CTL_MOD, EPOLLIN | EPOLLET);
     }
     return 0;
 }
@@ -364,11 +414,13 @@ static int begin_round_trip(struct worker *worker, struct connection *connection
     return send_message(worker, connection);
 }
 
-// One read (the socket is level-triggered); returns 1 once the whole echo is in, -1 on error.
+// Reads what has arrived; returns 1 once the whole echo is in, 0 if more is to come, -1 on error.
 static int receive_echo(struct worker *worker, struct connection *connection) {
+  for (;;) {
     ssize_t count = read(connection->fd, worker->buffer, READ_SIZE);
     if (count < 0) {
-        if (errno == EINTR || errno == EAGAIN) return 0;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN) return 0;
         fail("connection %d: read: %s", connection->index, strerror(errno));
         return -1;
     }
@@ -390,7 +442,10 @@ static int receive_echo(struct worker *worker, struct connection *connection) {
         return -1;
     }
     connection->received += (size_t)count;
-    return connection->received == options.size;
+    if (connection->received == options.size) return 1;
+    // A short read emptied the socket: data that arrives later raises a new edge.
+    if ((size_t)count < READ_SIZE) return 0;
+  }
 }
 
 static void ping_pong(struct worker *worker) {
@@ -400,12 +455,8 @@ static void ping_pong(struct worker *worker) {
         if (begin_round_trip(worker, &worker->connections[index], now) < 0) return;
     struct epoll_event events[MAX_EVENTS];
     while (active > 0 && !stopped()) {
-        int ready = epoll_wait(worker->epoll_fd, events, MAX_EVENTS, 100);
-        if (ready < 0) {
-            if (errno == EINTR) continue;
-            fail("epoll_wait: %s", strerror(errno));
-            return;
-        }
+        int ready = wait_for_events(worker, events);
+        if (ready < 0) return;
         if (ready == 0) {
             if ((double)(now_ns() - last_progress) > options.stall * 1e9)
                 fail("no echo for %.0f s on %d connections", options.stall, active);
@@ -419,7 +470,8 @@ static void ping_pong(struct worker *worker) {
             if (complete < 0) return;
             now = last_progress = now_ns();
             if (!complete) continue;
-            if (now >= measure_start_ns && now < measure_end_ns) {
+            worker->in_window = now >= measure_start_ns && now < measure_end_ns;
+            if (worker->in_window) {
                 record(&worker->histogram, now - connection->started_ns);
                 worker->round_trips++;
             }
@@ -498,15 +550,12 @@ static void stream(struct worker *worker) {
     uint64_t last_progress = now_ns();
     int active = worker->count;
     worker->started_ns = last_progress;
+    worker->in_window = 1;
     // Registered edge-triggered: the first edge reports the writable socket.
     struct epoll_event events[MAX_EVENTS];
     while (active > 0 && !stopped()) {
-        int ready = epoll_wait(worker->epoll_fd, events, MAX_EVENTS, 100);
-        if (ready < 0) {
-            if (errno == EINTR) continue;
-            fail("epoll_wait: %s", strerror(errno));
-            return;
-        }
+        int ready = wait_for_events(worker, events);
+        if (ready < 0) return;
         if (ready == 0) {
             if ((double)(now_ns() - last_progress) > options.stall * 1e9)
                 fail("no progress for %.0f s on %d connections (an echo is missing or the server stalled)",
@@ -539,10 +588,11 @@ static void pin(int cpu) {
 static void *run_worker(void *argument) {
     struct worker *worker = argument;
     if (worker->cpu >= 0) pin(worker->cpu);
+    if (options.spin) worker->empty_poll_ns = measure_empty_poll();
     worker->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     worker->buffer = malloc(READ_SIZE);
     if (worker->epoll_fd < 0 || worker->buffer == NULL) fail("epoll_create1 or malloc: %s", strerror(errno));
-    uint32_t events = options.mode == PING_PONG ? EPOLLIN : EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    uint32_t events = options.mode == PING_PONG ? EPOLLIN | EPOLLET : EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
     for (int index = 0; index < worker->count && !stopped(); index++)
         set_events(worker, &worker->connections[index], EPOLL_CTL_ADD, events);
     pthread_barrier_wait(&ready_barrier);
@@ -583,16 +633,16 @@ static void print_string(const char *text) {
     putchar('"');
 }
 
-static void report(const struct histogram *histogram, uint64_t round_trips, uint64_t bytes, double seconds,
-                   struct cpu_sample before, struct cpu_sample after) {
+static void report(const struct histogram *histogram, uint64_t round_trips, uint64_t bytes, uint64_t empty_polls,
+                   double seconds, struct cpu_sample before, struct cpu_sample after) {
     int pingpong = options.mode == PING_PONG;
     double operations = pingpong ? (double)round_trips : (double)bytes / 1e6;  // per round trip, or per MB
     int measured = seconds > 0 && operations > 0;
     int server = measured && before.server_us >= 0 && after.server_us >= 0;
     double server_us = after.server_us - before.server_us, client_us = after.client_us - before.client_us;
     int latencies = pingpong && histogram->total > 0;
-    printf("{\"mode\": \"%s\", \"connections\": %d, \"threads\": %d, \"size\": %zu", mode_names[options.mode],
-           options.connections, options.threads, options.size);
+    printf("{\"mode\": \"%s\", \"connections\": %d, \"threads\": %d, \"size\": %zu, \"spin\": %s",
+           mode_names[options.mode], options.connections, options.threads, options.size, options.spin ? "true" : "false");
     print_number("duration", seconds, 1, "%.3f");
     print_number("round_trips", (double)round_trips, pingpong, "%.0f");
     print_number("rtt_per_s", (double)round_trips / seconds, pingpong && seconds > 0, "%.1f");
@@ -606,6 +656,7 @@ static void report(const struct histogram *histogram, uint64_t round_trips, uint
     print_number("server_cpu_util", server_us / (seconds * 1e6), server, "%.3f");
     print_number("client_cpu_us_per_op", client_us / operations, measured, "%.3f");
     print_number("client_cpu_util", client_us / (seconds * 1e6), measured, "%.3f");
+    print_number("client_empty_polls", (double)empty_polls, options.spin, "%.0f");
     printf(", \"errors\": %d", failures);
     if (failure[0]) {
         printf(", \"error\": ");
@@ -621,11 +672,12 @@ static void usage(int status) {
     fprintf(status ? stderr : stdout,
             "usage: load_client [-m ping-pong|stream|half-close] [-c connections] [-t threads]\n"
             "                   [-s size] [-b bytes] [-d seconds] [-w seconds] [-p server-pid]\n"
-            "                   [-a cpu[,cpu...]] [-T stall-seconds] ADDRESS\n"
+            "                   [-a cpu[,cpu...]] [-T stall-seconds] [-B] ADDRESS\n"
             "ADDRESS: a socket path, @name (Linux abstract), or host:port (TCP; write ./a:1 for a path).\n"
             "-s: message size (ping-pong, default 100) or write size (streaming, default 65536).\n"
             "-b: bytes each connection streams (default 1G); sizes take K, M, G (powers of 1024).\n"
-            "-a: pin thread i to the i-th CPU of the list (cycled).\n");
+            "-a: pin thread i to the i-th CPU of the list (cycled).\n"
+            "-B: busy-poll (never sleep in epoll_wait); CPU spent in empty polls is not counted as work.\n");
     exit(status);
 }
 
@@ -671,7 +723,7 @@ static void parse_cpus(const char *text) {
 
 static void parse_arguments(int argc, char **argv) {
     int option;
-    while ((option = getopt(argc, argv, "m:c:t:s:b:d:w:p:a:T:h")) != -1) {
+    while ((option = getopt(argc, argv, "m:c:t:s:b:d:w:p:a:T:Bh")) != -1) {
         switch (option) {
         case 'm':
             if (strcmp(optarg, "ping-pong") == 0) options.mode = PING_PONG;
@@ -688,6 +740,7 @@ static void parse_arguments(int argc, char **argv) {
         case 'p': options.server_pid = (int)parse_size(optarg); break;
         case 'a': parse_cpus(optarg); break;
         case 'T': options.stall = parse_seconds(optarg, 0); break;
+        case 'B': options.spin = 1; break;
         case 'h': usage(0); break;
         default: usage(2);
         }
@@ -741,7 +794,8 @@ int main(int argc, char **argv) {
     if (options.cpu_count > 0) pin(options.cpus[0]);  // the main thread only samples and sleeps
 
     struct histogram *histogram = calloc(1, sizeof *histogram);
-    uint64_t round_trips = 0, bytes = 0;
+    uint64_t round_trips = 0, bytes = 0, empty_polls = 0;
+    double idle_ns = 0;
     double seconds = 0;
     struct cpu_sample before = {-1, 0}, after = {-1, 0};
     for (int index = 0; index < options.connections; index++) connections[index].fd = -1;
@@ -770,7 +824,11 @@ int main(int argc, char **argv) {
         uint64_t start = now_ns();
         measure_start_ns = start + (uint64_t)(options.warmup * 1e9);
         measure_end_ns = measure_start_ns + (uint64_t)(options.duration * 1e9);
-        if (options.mode != PING_PONG) before = sample_cpu();
+        if (options.mode != PING_PONG) {
+            measure_start_ns = 0;  // a transfer is measured from start to end
+            measure_end_ns = UINT64_MAX;
+            before = sample_cpu();
+        }
         pthread_barrier_wait(&go_barrier);
         if (options.mode == PING_PONG) {
             sleep_until(measure_start_ns);
@@ -788,6 +846,8 @@ int main(int argc, char **argv) {
             if (worker->histogram.max > histogram->max) histogram->max = worker->histogram.max;
             round_trips += worker->round_trips;
             bytes += worker->bytes;
+            empty_polls += worker->empty_polls;
+            idle_ns += (double)worker->empty_polls * worker->empty_poll_ns;
             if (worker->started_ns < first_start) first_start = worker->started_ns;
             if (worker->finished_ns > last_finish) last_finish = worker->finished_ns;
         }
@@ -799,7 +859,8 @@ int main(int argc, char **argv) {
     for (int index = 0; index < options.connections; index++)
         if (connections[index].fd >= 0) close(connections[index].fd);
     if (options.mode == PING_PONG && !stopped() && round_trips == 0) fail("no round trip completed in the measured window");
-    report(histogram, round_trips, bytes, seconds, before, after);
+    after.client_us -= idle_ns / 1e3;  // spinning on empty polls is waiting for the server
+    report(histogram, round_trips, bytes, empty_polls, seconds, before, after);
     if (failures) {
         fprintf(stderr, "load_client: %s\n", failure);
         return 1;
