@@ -126,8 +126,8 @@ def build(servers, clients):
     return commands, {"c": load_client, "uds": uds}
 
 
-def pinned_to(cpu):
-    return lambda: os.sched_setaffinity(0, {cpu})
+def pinned_to(cpus):
+    return lambda: os.sched_setaffinity(0, set(cpus))
 
 
 def pin_process(pid, cpu):
@@ -153,13 +153,15 @@ def wait_until_listening(path, process, timeout=15):
     raise RuntimeError(f"server did not listen on {path} within {timeout} s")
 
 
-def client_command(client, binaries, path, pid, case, cpu, args):
+def client_command(client, binaries, path, pid, case, cpus, args):
     stream_bytes = case.stream_bytes or args.stream_bytes
     if client == "c":
         command = [binaries["c"], "-m", case.mode, "-c", str(case.connections), "-s", str(case.size),
-                   "-p", str(pid), "-a", str(cpu)]
+                   "-p", str(pid), "-a", ",".join(map(str, cpus))]
         if case.connections > 1 and args.client_threads > 1:
             command += ["-t", str(min(args.client_threads, case.connections))]
+        if args.client_spin and not case.same_core:
+            command += ["-B"]
         if case.streaming:
             command += ["-b", str(stream_bytes)]
         else:
@@ -191,12 +193,12 @@ def normalized(client, result, case, args):
     return out
 
 
-def run_client(client, binaries, path, pid, case, cpu, args):
-    command = client_command(client, binaries, path, pid, case, cpu, args)
+def run_client(client, binaries, path, pid, case, cpus, args):
+    command = client_command(client, binaries, path, pid, case, cpus, args)
     timeout = (120 if case.streaming else args.duration + args.warmup) + 60
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                preexec_fn=pinned_to(cpu))
+                                preexec_fn=pinned_to(cpus))
     except subprocess.TimeoutExpired:
         return {"error": "timed out"}
     if result.returncode != 0:
@@ -214,9 +216,12 @@ def main():
     parser.add_argument("--client", default="c", help="c (load_client.c), uds (uds bench), or c,uds")
     parser.add_argument("--cases", default=",".join(case.key for case in CASES))
     parser.add_argument("--stream-bytes", type=parse_size, default=1 << 30, help="bytes per streaming transfer")
-    parser.add_argument("--client-cpu", type=int, default=0)
+    parser.add_argument("--client-cpu", type=lambda text: [int(cpu) for cpu in text.split(",")], default=[0],
+                        help="CPU, or a list: C client thread i runs on the i-th (the latency case uses the first)")
     parser.add_argument("--server-cpu", type=int, default=1)
-    parser.add_argument("--client-threads", type=int, default=1, help="C client threads (all on --client-cpu)")
+    parser.add_argument("--client-threads", type=int, default=1, help="C client threads for the multi-connection cases")
+    parser.add_argument("--client-spin", action="store_true",
+                        help="the C client busy-polls in the cases where it has its own CPU")
     parser.add_argument("--json", help="also write every result here, one JSON line each")
     args = parser.parse_args()
 
@@ -229,7 +234,7 @@ def main():
         unknown = [c for c in chosen if c not in known]
         if unknown:
             sys.exit(f"unknown {name}: {', '.join(unknown)} (choose from {', '.join(known)})")
-    missing = {cpu for cpu in (args.client_cpu, args.server_cpu) if cpu not in os.sched_getaffinity(0)}
+    missing = {cpu for cpu in args.client_cpu + [args.server_cpu] if cpu not in os.sched_getaffinity(0)}
     if missing:
         sys.exit(f"CPU {', '.join(map(str, sorted(missing)))} is not available to this process")
     tools = ["cc"] + (["go"] if "go" in servers else [])
@@ -261,7 +266,7 @@ def run_server(server, command, rep, cases, clients, binaries, workdir, args, lo
     env = dict(os.environ, GOMAXPROCS="1") if server == "go" else None
     with open(os.path.join(workdir, f"{server}.log"), "w") as errors:
         process = subprocess.Popen([part.format(path=path) for part in command], env=env, stdout=subprocess.DEVNULL,
-                                   stderr=errors, preexec_fn=pinned_to(args.server_cpu))
+                                   stderr=errors, preexec_fn=pinned_to([args.server_cpu]))
     results = []
     try:
         try:
@@ -273,11 +278,11 @@ def run_server(server, command, rep, cases, clients, binaries, workdir, args, lo
             return [{"rep": rep + 1, "server": server, "client": client, "case": case.key, "error": str(error)}
                     for case in cases for client in clients]
         for case in cases:
-            cpu = args.client_cpu
-            pin_process(process.pid, cpu if case.same_core else args.server_cpu)
+            cpus = args.client_cpu[:1] if case.same_core else args.client_cpu
+            pin_process(process.pid, cpus[0] if case.same_core else args.server_cpu)
             for client in clients:
                 for _ in range(case.transfers):
-                    outcome = run_client(client, binaries, path, process.pid, case, cpu, args)
+                    outcome = run_client(client, binaries, path, process.pid, case, cpus, args)
                     record = {"rep": rep + 1, "server": server, "client": client, "case": case.key, **outcome}
                     results.append(record)
                     if log:
