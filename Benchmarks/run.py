@@ -1,19 +1,33 @@
 #!/usr/bin/env python3
 """Runs every echo server under the same load and prints a table of medians.
 
-    python3 Benchmarks/run.py [--reps 3] [--duration 3] [--servers c,udskit,nio,python]
+    python3 Benchmarks/run.py [--reps 3] [--duration 3] [--servers c,udskit,...] [--client c,uds]
 
 Servers: the C epoll server written here (the reference), UDSKit's
 `uds echo-server` (async on its loop thread; async with tasks on Swift's global
-executor, to show what thread hops cost; thread per connection), SwiftNIO's echo server
-on one event loop, and Python asyncio. The load client is `uds bench` for all
-of them. Multi-connection and streaming cases pin the server to CPU 0 and the
-client to CPU 1; single-connection latency cases pin both to CPU 0, since
-across cores one round trip costs about as much as waking an idle vCPU.
+executor, to show what thread hops cost; thread per connection), SwiftNIO's echo
+server on one event loop, Go's net package (goroutine per connection,
+GOMAXPROCS=1) and Python asyncio.
 
-Every number in the table is the median of the repetitions, and every ratio
-is to the C server measured in the same run. Server CPU time per operation
-comes from /proc/PID/stat over the measured interval.
+The load comes from the C client (c/load_client.c): one epoll thread, cheaper
+per round trip than any server here, so the servers are measured and not the
+client. `--client uds` uses `uds bench` instead, `--client c,uds` both, side by
+side. The client runs on CPU 0 and the server on CPU 1; the single-connection
+latency case puts both on CPU 0, since across cores one round trip costs about as
+much as waking an idle vCPU.
+
+Cases: 100 B ping-pong at 10 and 100 connections (round trips/s, server CPU per
+round trip), 100 B ping-pong on one connection on one core (p50, p99), streaming
+in 64 KiB writes (MB/s, server CPU per MB), and half-close streaming (every byte
+echoed, then the end of the stream). Each repetition starts the servers in a new
+random order. Every number in the table is a median over the repetitions; every
+ratio is the median of per-repetition ratios to the C server, measured in the same
+repetition by the same client. Server CPU time comes from /proc/PID/stat over the
+measured interval.
+
+Builds what it needs: the C server and client and the Go server into
+Benchmarks/.build/bin (again when a source is newer), `uds` and the SwiftNIO
+server with `swift build -c release`.
 """
 import argparse
 import datetime
@@ -30,40 +44,99 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "Benchmarks")
+BIN = os.path.join(BENCH, ".build", "bin")
 
-# name, mode, size, connections, same core
+SERVERS = ["c", "udskit", "udskit-global", "udskit-threads", "nio", "go", "python"]
+CLIENTS = ["c", "uds"]
+
+
+class Case:
+    def __init__(self, key, name, mode, size, connections, same_core=False, transfers=1, stream_bytes=None):
+        self.key, self.name, self.mode, self.size = key, name, mode, size
+        self.connections, self.same_core, self.transfers = connections, same_core, transfers
+        self.stream_bytes = stream_bytes  # per connection; None: --stream-bytes
+
+    @property
+    def streaming(self):
+        return self.mode != "ping-pong"
+
+
 CASES = [
-    ("ping-pong 16 B, 1 conn (same core)", "ping-pong", 16, 1, True),
-    ("ping-pong 100 B, 1 conn (same core)", "ping-pong", 100, 1, True),
-    ("ping-pong 4096 B, 1 conn (same core)", "ping-pong", 4096, 1, True),
-    ("ping-pong 100 B, 10 conns", "ping-pong", 100, 10, False),
-    ("ping-pong 100 B, 100 conns", "ping-pong", 100, 100, False),
-    ("stream 64 KiB writes, 1 GiB", "stream", 65536, 1, False),
+    Case("pp10", "ping-pong 100 B, 10 conns", "ping-pong", 100, 10),
+    Case("pp100", "ping-pong 100 B, 100 conns", "ping-pong", 100, 100),
+    Case("latency", "ping-pong 100 B, 1 conn (same core)", "ping-pong", 100, 1, same_core=True),
+    # A 1 GiB transfer takes a quarter of a second: measure it three times per
+    # repetition, or noise decides the median.
+    Case("stream", "stream 64 KiB writes", "stream", 65536, 1, transfers=3),
+    Case("half-close", "half-close stream, 4 conns × 64 MiB", "half-close", 65536, 4, stream_bytes=64 << 20),
 ]
 
 
-STREAM_TRANSFERS = 3
+def parse_size(text):
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if text[-1:].upper() in units:
+        return int(text[:-1]) * units[text[-1].upper()]
+    return int(text)
 
 
-def build(workdir):
-    print("building (release)...", file=sys.stderr)
-    subprocess.run(["swift", "build", "-c", "release", "--product", "uds"], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL)
-    subprocess.run(["swift", "build", "-c", "release"], cwd=BENCH, check=True, stdout=subprocess.DEVNULL)
-    c_server = os.path.join(workdir, "echo_epoll")
-    subprocess.run(["cc", "-O2", "-o", c_server, os.path.join(BENCH, "c", "echo_epoll.c")], check=True)
+def stale(binary, sources):
+    return not os.path.exists(binary) or any(os.path.getmtime(s) > os.path.getmtime(binary) for s in sources)
+
+
+def build(servers, clients):
+    """Builds what the selected servers and clients need; returns the server commands and the binaries."""
+    os.makedirs(BIN, exist_ok=True)
+    c_dir = os.path.join(BENCH, "c")
+    flags = ["-O2", "-std=c11", "-Wall", "-Wextra"]
+    load_client = os.path.join(BIN, "load_client")
+    echo_epoll = os.path.join(BIN, "echo_epoll")
+    for binary, source, extra in ((load_client, "load_client.c", ["-pthread"]), (echo_epoll, "echo_epoll.c", [])):
+        if stale(binary, [os.path.join(c_dir, source)]):
+            print(f"building {os.path.basename(binary)}...", file=sys.stderr)
+            subprocess.run(["cc", *flags, *extra, "-o", binary, os.path.join(c_dir, source)], check=True)
+
+    echo_go = os.path.join(BIN, "echo-go")
+    if "go" in servers:
+        go_dir = os.path.join(BENCH, "go")
+        if stale(echo_go, [os.path.join(go_dir, name) for name in ("echo.go", "go.mod")]):
+            print("building echo-go...", file=sys.stderr)
+            subprocess.run(["go", "build", "-o", echo_go, "."], cwd=go_dir, check=True)
+
     uds = os.path.join(ROOT, ".build", "release", "uds")
+    if any(s.startswith("udskit") for s in servers) or "uds" in clients:
+        print("building uds (release)...", file=sys.stderr)
+        subprocess.run(["swift", "build", "-c", "release", "--product", "uds"], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
     nio = os.path.join(BENCH, ".build", "release", "nio-echo-server")
-    return {
-        "c": [c_server, "{path}"],
+    if "nio" in servers:
+        print("building nio-echo-server (release)...", file=sys.stderr)
+        subprocess.run(["swift", "build", "-c", "release"], cwd=BENCH, check=True, stdout=subprocess.DEVNULL)
+
+    commands = {
+        "c": [echo_epoll, "{path}"],
         "udskit": [uds, "echo-server", "{path}", "--quiet"],
         "udskit-threads": [uds, "echo-server", "{path}", "--quiet", "--io", "threads"],
         # The same async server with its connection tasks on Swift's global
         # executor: every wake-up is a hop from the loop thread to the pool.
         "udskit-global": [uds, "echo-server", "{path}", "--quiet", "--executor", "global"],
         "nio": [nio, "{path}"],
+        "go": [echo_go, "{path}"],
         "python": [sys.executable, os.path.join(BENCH, "python", "echo_asyncio.py"), "{path}"],
-    }, uds
+    }
+    return commands, {"c": load_client, "uds": uds}
+
+
+def pinned_to(cpus):
+    return lambda: os.sched_setaffinity(0, set(cpus))
+
+
+def pin_process(pid, cpu):
+    """Moves every thread of a running process to one CPU (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), {cpu})
+        except (ProcessLookupError, PermissionError):
+            pass  # a thread that has just exited
 
 
 def wait_until_listening(path, process, timeout=15):
@@ -80,107 +153,243 @@ def wait_until_listening(path, process, timeout=15):
     raise RuntimeError(f"server did not listen on {path} within {timeout} s")
 
 
-def run_case(uds, path, pid, case, duration, warmup):
-    name, mode, size, connections, same_core = case
-    command = ["taskset", "-c", "0" if same_core else "1", uds, "bench", path, "--mode", mode,
-               "--server-pid", str(pid), "--json", "--quiet"]
-    if mode == "ping-pong":
-        command += ["--size", str(size), "--connections", str(connections),
-                    "--duration", str(duration), "--warmup", str(warmup)]
+def client_command(client, binaries, path, pid, case, cpus, args):
+    stream_bytes = case.stream_bytes or args.stream_bytes
+    if client == "c":
+        command = [binaries["c"], "-m", case.mode, "-c", str(case.connections), "-s", str(case.size),
+                   "-p", str(pid), "-a", ",".join(map(str, cpus))]
+        if case.connections > 1 and args.client_threads > 1:
+            command += ["-t", str(min(args.client_threads, case.connections))]
+        if args.client_spin and not case.same_core:
+            command += ["-B"]
+        if case.streaming:
+            command += ["-b", str(stream_bytes)]
+        else:
+            command += ["-d", str(args.duration), "-w", str(args.warmup)]
+        return command + [path]
+    command = [binaries["uds"], "bench", path, "--server-pid", str(pid), "--json", "--quiet"]
+    if case.streaming:
+        # uds bench streams on one connection and always half-closes at the end.
+        return command + ["--mode", "stream", "--bytes", str(stream_bytes), "--write-size", str(case.size)]
+    return command + ["--mode", "ping-pong", "--size", str(case.size), "--connections", str(case.connections),
+                      "--duration", str(args.duration), "--warmup", str(args.warmup)]
+
+
+def normalized(client, result, case, args):
+    """The C client's field names for either client's JSON; server CPU per MB when streaming."""
+    if client == "c":
+        return result
+    out = {key: result[key] for key in ("p50_us", "p99_us", "p999_us") if key in result}
+    if case.streaming:
+        out["connections"] = 1
+        out["mb_per_s"] = result.get("megabytes_per_second")
+        if "server_cpu_us_per_op" in result:  # per write-sized chunk
+            megabytes = (case.stream_bytes or args.stream_bytes) / 1e6
+            out["server_cpu_us_per_op"] = result["server_cpu_us_per_op"] * result["operations"] / megabytes
     else:
-        command += ["--bytes", str(1 << 30), "--write-size", str(size)]
+        out["rtt_per_s"] = result.get("operations_per_second")
+        if "server_cpu_us_per_op" in result:
+            out["server_cpu_us_per_op"] = result["server_cpu_us_per_op"]
+    return out
+
+
+def run_client(client, binaries, path, pid, case, cpus, args):
+    command = client_command(client, binaries, path, pid, case, cpus, args)
+    timeout = (120 if case.streaming else args.duration + args.warmup) + 60
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=duration + warmup + 60)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                                preexec_fn=pinned_to(cpus))
     except subprocess.TimeoutExpired:
         return {"error": "timed out"}
     if result.returncode != 0:
-        return {"error": (result.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+        return {"error": (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]}
+    return normalized(client, json.loads(result.stdout.strip().splitlines()[-1]), case, args)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per ping-pong case")
     parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--servers", default="c,udskit,udskit-global,udskit-threads,nio,python")
-    parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--skip", default="", help="servers to leave out, e.g. go")
+    parser.add_argument("--client", default="c", help="c (load_client.c), uds (uds bench), or c,uds")
+    parser.add_argument("--cases", default=",".join(case.key for case in CASES))
+    parser.add_argument("--stream-bytes", type=parse_size, default=1 << 30, help="bytes per streaming transfer")
+    parser.add_argument("--client-cpu", type=lambda text: [int(cpu) for cpu in text.split(",")], default=[0],
+                        help="CPU, or a list: C client thread i runs on the i-th (the latency case uses the first)")
+    parser.add_argument("--server-cpu", type=int, default=1)
+    parser.add_argument("--client-threads", type=int, default=1, help="C client threads for the multi-connection cases")
+    parser.add_argument("--client-spin", action="store_true",
+                        help="the C client busy-polls in the cases where it has its own CPU")
+    parser.add_argument("--json", help="also write every result here, one JSON line each")
     args = parser.parse_args()
-    for tool in ("taskset", "cc", "swift"):
-        if shutil.which(tool) is None:
-            sys.exit(f"run.py needs {tool}")
 
+    skipped = {s for s in args.skip.split(",") if s}
+    servers = [s for s in args.servers.split(",") if s and s not in skipped]
+    clients = [c for c in args.client.split(",") if c]
+    cases = [case for key in args.cases.split(",") if key for case in CASES if case.key == key]
+    for name, chosen, known in (("server", servers, SERVERS), ("client", clients, CLIENTS),
+                                ("case", [c.key for c in cases] or ["none"], [c.key for c in CASES])):
+        unknown = [c for c in chosen if c not in known]
+        if unknown:
+            sys.exit(f"unknown {name}: {', '.join(unknown)} (choose from {', '.join(known)})")
+    missing = {cpu for cpu in args.client_cpu + [args.server_cpu] if cpu not in os.sched_getaffinity(0)}
+    if missing:
+        sys.exit(f"CPU {', '.join(map(str, sorted(missing)))} is not available to this process")
+    tools = ["cc"] + (["go"] if "go" in servers else [])
+    tools += ["swift"] if any(s.startswith("udskit") or s == "nio" for s in servers) or "uds" in clients else []
+    for tool in tools:
+        if shutil.which(tool) is None:
+            hint = "; install Go, or leave its server out with --skip go" if tool == "go" else ""
+            sys.exit(f"run.py needs {tool}{hint}")
+
+    commands, binaries = build(servers, clients)
     workdir = tempfile.mkdtemp(prefix="udsbench-")
-    commands, uds = build(workdir)
-    servers = [s for s in args.servers.split(",") if s]
-    results = {server: {case[0]: [] for case in CASES} for server in servers}
+    log = open(args.json, "w") if args.json else None
+    results = []
     try:
         for rep in range(args.reps):
             order = servers[:]
             random.shuffle(order)  # spread slow phases of a shared machine over all servers
             for server in order:
-                path = os.path.join(workdir, f"{server}.sock")
-                command = ["taskset", "-c", "0"] + [part.format(path=path) for part in commands[server]]
-                process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                try:
-                    wait_until_listening(path, process)
-                    for case in CASES:
-                        # A 1 GiB transfer takes a quarter of a second: measure it
-                        # three times per repetition, or noise decides the median.
-                        for _ in range(STREAM_TRANSFERS if case[1] == "stream" else 1):
-                            outcome = run_case(uds, path, process.pid, case, args.duration, args.warmup)
-                            results[server][case[0]].append(outcome)
-                            print(f"rep {rep + 1} {server:15} {case[0]:40} {outcome}", file=sys.stderr)
-                finally:
-                    process.terminate()
-                    try:
-                        process.wait(timeout=5)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-                    if os.path.exists(path):
-                        os.unlink(path)
+                results += run_server(server, commands[server], rep, cases, clients, binaries, workdir, args, log)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-    if args.json:
-        with open(args.json, "w") as file:
-            json.dump(results, file, indent=1)
-    print_table(results, servers, args)
+        if log:
+            log.close()
+    print_table(results, servers, clients, cases, args)
 
 
-def median_of(samples, key):
-    values = [sample[key] for sample in samples if key in sample]
-    return statistics.median(values) if values else None
+def run_server(server, command, rep, cases, clients, binaries, workdir, args, log):
+    path = os.path.join(workdir, f"{server}.sock")
+    env = dict(os.environ, GOMAXPROCS="1") if server == "go" else None
+    with open(os.path.join(workdir, f"{server}.log"), "w") as errors:
+        process = subprocess.Popen([part.format(path=path) for part in command], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=errors, preexec_fn=pinned_to([args.server_cpu]))
+    results = []
+    try:
+        try:
+            wait_until_listening(path, process)
+        except RuntimeError as error:
+            with open(os.path.join(workdir, f"{server}.log")) as errors:
+                last = (errors.read().strip().splitlines() or [""])[-1]
+            print(f"rep {rep + 1} {server}: {error} {last}", file=sys.stderr)
+            return [{"rep": rep + 1, "server": server, "client": client, "case": case.key, "error": str(error)}
+                    for case in cases for client in clients]
+        for case in cases:
+            cpus = args.client_cpu[:1] if case.same_core else args.client_cpu
+            pin_process(process.pid, cpus[0] if case.same_core else args.server_cpu)
+            for client in clients:
+                for _ in range(case.transfers):
+                    outcome = run_client(client, binaries, path, process.pid, case, cpus, args)
+                    record = {"rep": rep + 1, "server": server, "client": client, "case": case.key, **outcome}
+                    results.append(record)
+                    if log:
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                    print(f"rep {rep + 1} {server:15} {client:4} {label(case, args):38} {summary(outcome)}",
+                          file=sys.stderr)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if os.path.exists(path):
+            os.unlink(path)
+    return results
 
 
-def print_table(results, servers, args):
+def summary(outcome):
+    if "error" in outcome:
+        return "FAILED: " + outcome["error"]
+    parts = []
+    for key, fmt in (("rtt_per_s", "{:,.0f} rt/s"), ("mb_per_s", "{:,.0f} MB/s"), ("p50_us", "p50 {:.1f} µs"),
+                     ("p99_us", "p99 {:.1f} µs"), ("server_cpu_us_per_op", "server {:.2f} µs/op"),
+                     ("server_cpu_util", "server busy {:.2f}"), ("client_cpu_util", "client busy {:.2f}")):
+        if outcome.get(key) is not None:
+            parts.append(fmt.format(outcome[key]))
+    return ", ".join(parts)
+
+
+def per_rep(samples, key):
+    """{rep: median of that repetition's values} for one server, case and client."""
+    by_rep = {}
+    for sample in samples:
+        if sample.get(key) is not None:
+            by_rep.setdefault(sample["rep"], []).append(sample[key])
+    return {rep: statistics.median(values) for rep, values in by_rep.items()}
+
+
+def median_and_ratio(samples, reference, key):
+    values = per_rep(samples, key)
+    if not values:
+        return None, None
+    base = per_rep(reference, key)
+    ratios = [values[rep] / base[rep] for rep in values if base.get(rep)]
+    return statistics.median(values.values()), (statistics.median(ratios) if ratios else None)
+
+
+def print_table(results, servers, clients, cases, args):
     when = datetime.date.today().isoformat()
-    print(f"Run on {when}: `python3 Benchmarks/run.py --reps {args.reps} --duration {args.duration}`; "
-          f"medians of {args.reps} repetitions ({args.reps * STREAM_TRANSFERS} transfers for streaming); "
-          f"ratios are to the C epoll server in the same run.\n")
-    print("| case | server | result | ratio to C | p50 µs | ratio to C | server CPU µs/op | ratio to C |")
-    print("|---|---|---|---|---|---|---|---|")
-    for case in CASES:
-        name, mode = case[0], case[1]
-        key = "megabytes_per_second" if mode == "stream" else "operations_per_second"
-        unit = "MB/s" if mode == "stream" else "rt/s"
-        reference = {k: median_of(results.get("c", {}).get(name, []), k)
-                     for k in (key, "p50_us", "server_cpu_us_per_op")}
+    command = " ".join(["python3 Benchmarks/run.py"] + sys.argv[1:])
+    print(f"Run on {when}: `{command}`; medians of {args.reps} repetitions; ratios are medians of "
+          f"per-repetition ratios to the C epoll server with the same client. Server µs/op is per round trip "
+          f"(ping-pong) or per MB echoed (streaming); busy is CPU time over wall time (server / C client).\n")
+    print("| case | server | client | result | × C | p50 µs | × C | p99 µs | server µs/op | × C | busy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for case in cases:
+        key = "mb_per_s" if case.streaming else "rtt_per_s"
+        unit = "MB/s" if case.streaming else "rt/s"
         for server in servers:
-            samples = results[server][name]
-            errors = [s["error"] for s in samples if "error" in s]
-            if errors:
-                print(f"| {name} | {server} | FAILED: {errors[0]} | | | | | |")
-                continue
-            cells = []
-            for k, fmt in ((key, "{:,.0f} " + unit), ("p50_us", "{:.1f}"), ("server_cpu_us_per_op", "{:.2f}")):
-                value = median_of(samples, k)
-                if value is None:
-                    cells += ["", ""]
+            for client in clients:
+                def matching(name):
+                    return [r for r in results if r["server"] == name and r["client"] == client and r["case"] == case.key]
+                samples, reference = matching(server), matching("c")
+                failed = [s["error"] for s in samples if "error" in s]
+                if failed:
+                    print(f"| {label(case, args)} | {server} | {client} | FAILED ({len(failed)} of {len(samples)}): "
+                          f"{failed[0]} | | | | | | | |")
                     continue
-                ratio = f"{value / reference[k]:.2f}×" if reference.get(k) else ""
-                cells += [fmt.format(value), ratio]
-            print(f"| {name} | {server} | " + " | ".join(cells) + " |")
+                cells = []
+                value, ratio = median_and_ratio(samples, reference, key)
+                result = "" if value is None else f"{value:,.0f} {unit}"
+                if case.mode == "half-close" and samples:
+                    result = f"ok, {result}"  # every byte came back, then the end of the stream
+                cells += [result, fmt_ratio(ratio)]
+                if case.streaming:
+                    cells += ["", "", ""]
+                else:
+                    p50, p50_ratio = median_and_ratio(samples, reference, "p50_us")
+                    p99, _ = median_and_ratio(samples, reference, "p99_us")
+                    cells += [fmt(p50, "{:.1f}"), fmt_ratio(p50_ratio), fmt(p99, "{:.1f}")]
+                cpu, cpu_ratio = median_and_ratio(samples, reference, "server_cpu_us_per_op")
+                cells += [fmt(cpu, "{:.2f}"), fmt_ratio(cpu_ratio)]
+                server_busy, _ = median_and_ratio(samples, reference, "server_cpu_util")
+                client_busy, _ = median_and_ratio(samples, reference, "client_cpu_util")
+                busy = f"{server_busy:.2f} / {client_busy:.2f}" if None not in (server_busy, client_busy) else ""
+                cells.append(busy)
+                print(f"| {label(case, args)} | {server} | {client} | " + " | ".join(cells) + " |")
+
+
+def label(case, args):
+    if not case.streaming or case.stream_bytes:
+        return case.name
+    size = args.stream_bytes
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size % scale == 0:
+            return f"{case.name}, {size // scale} {unit}"
+    return f"{case.name}, {size} B"
+
+
+def fmt(value, spec):
+    return "" if value is None else spec.format(value)
+
+
+def fmt_ratio(ratio):
+    return "" if ratio is None else f"{ratio:.2f}×"
 
 
 if __name__ == "__main__":

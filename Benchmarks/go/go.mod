@@ -1,0 +1,3 @@
+module udskit.benchmarks/echo
+
+go 1.19
