@@ -26,6 +26,7 @@ let package = Package(
             name: "uds",
             dependencies: [
                 "UDSKit",
+                "CUDSKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]

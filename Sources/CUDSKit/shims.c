@@ -88,3 +88,43 @@ void cudskit_read_ucred(const void *data, pid_t *pid, uid_t *uid, gid_t *gid) {
 
 size_t cudskit_ucred_size(void) { return 0; }
 #endif
+
+// Signals as bytes on a pipe: the handler only writes the signal's number,
+// which is async-signal-safe, and a thread of the program's choosing reads
+// them and does the real work. No thread pool is involved, so this works
+// when the process is out of descriptors (a pool's monitor may not).
+#include <fcntl.h>
+#include <signal.h>
+
+static volatile int signal_pipe_write = -1;
+
+static void cudskit_forward_signal(int number) {
+    int saved = errno;
+    unsigned char byte = (unsigned char)number;
+    // Non-blocking: during a storm a full pipe drops bytes, never the handler.
+    (void)write(signal_pipe_write, &byte, 1);
+    errno = saved;
+}
+
+int cudskit_forward_signals(const int *signals, int count) {
+    int fds[2];
+    if (pipe(fds) != 0) return -1;
+    for (int i = 0; i < 2; i++) {
+        if (fcntl(fds[i], F_SETFD, FD_CLOEXEC) != 0) goto fail;
+    }
+    if (fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK) != 0) goto fail;
+    signal_pipe_write = fds[1];
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = cudskit_forward_signal;
+    action.sa_flags = SA_RESTART;
+    sigemptyset(&action.sa_mask);
+    for (int i = 0; i < count; i++) {
+        if (sigaction(signals[i], &action, NULL) != 0) return -1;
+    }
+    return fds[0];
+fail:
+    close(fds[0]);
+    close(fds[1]);
+    return -1;
+}

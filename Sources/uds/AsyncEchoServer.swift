@@ -1,18 +1,20 @@
 import UDSKit
 
 extension EchoServer {
-    /// Serves stream connections on the shared event loop: every connection is
-    /// a child task that runs on the loop's thread, so readiness, reads and
+    /// Serves stream connections on the event loops: every connection is
+    /// a child task that runs on its loop's thread, so readiness, reads and
     /// writes never change thread. An idle connection holds no buffer: it
     /// waits for readability, then reads into the loop's scratch buffer and
     /// writes straight back from it; only bytes the peer cannot take yet are
     /// copied aside.
     func serveAsync(_ listener: AsyncStreamListener, transcript: Transcript) async {
-        let loop = EventLoop.shared
         let chunk = self.chunk
         let showPeer = self.showPeer
-        await acceptAsync(listener.accept, transcript: transcript) { connection, peer, id in
-            await echo(connection, peer: peer, id: id, chunk: chunk, showPeer: showPeer, loop: loop, transcript: transcript)
+        await acceptAsync(listener.accept, on: listener.eventLoop, loopOf: { $0.eventLoop }, transcript: transcript) {
+            connection, peer, id in
+            await echo(
+                connection, peer: peer, id: id, chunk: chunk, showPeer: showPeer, loop: connection.eventLoop,
+                transcript: transcript)
         }
     }
 
@@ -20,7 +22,8 @@ extension EchoServer {
     func serveAsync(_ listener: AsyncSeqpacketListener, transcript: Transcript) async {
         let chunk = self.chunk
         let showPeer = self.showPeer
-        await acceptAsync(listener.accept, transcript: transcript) { connection, peer, id in
+        await acceptAsync(listener.accept, on: listener.eventLoop, loopOf: { $0.eventLoop }, transcript: transcript) {
+            connection, peer, id in
             await echo(connection, peer: peer, id: id, chunk: chunk, showPeer: showPeer, transcript: transcript)
         }
     }
@@ -52,10 +55,11 @@ extension EchoServer {
     /// thread hop per wake-up, to measure what that costs).
     private func acceptAsync<Connection: Sendable>(
         _ accept: @escaping @Sendable (Duration?) async throws -> (connection: Connection, peer: UnixAddress),
+        on listenerLoop: EventLoop, loopOf: @escaping @Sendable (Connection) -> EventLoop,
         transcript: Transcript,
         serve: @escaping @Sendable (Connection, UnixAddress, Int) async -> Void
     ) async {
-        let preference: (any TaskExecutor)? = executor == .loop ? EventLoop.shared : nil
+        let preference: (any TaskExecutor)? = executor == .loop ? listenerLoop : nil
         await withTaskExecutorPreference(preference) {
             await withDiscardingTaskGroup { group in
                 transcript.say("waiting for a connection")
@@ -64,22 +68,21 @@ extension EchoServer {
                     let connection: Connection
                     let peer: UnixAddress
                     do {
+                        // The listener gets through running out of descriptors itself.
                         (connection, peer) = try await accept(nil)
                     } catch let error as SocketError {
                         if ShutdownSignals.received.load(ordering: .acquiring) || error.code == .closed { return }
-                        guard let pause = Self.pauseAfterAcceptFailure(error) else {
-                            report(error)
-                            return
-                        }
-                        try? await Task.sleep(for: pause)
-                        continue
+                        report(error)
+                        return
                     } catch {
                         return  // Cancelled.
                     }
                     nextID += 1
                     let id = nextID
                     transcript.opened(id)
-                    group.addTask { await serve(connection, peer, id) }
+                    // On the connection's own loop (with --loops, they differ).
+                    let loop: (any TaskExecutor)? = preference == nil ? nil : loopOf(connection)
+                    group.addTask(executorPreference: loop) { await serve(connection, peer, id) }
                 }
             }
         }

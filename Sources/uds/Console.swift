@@ -6,6 +6,7 @@ import Musl
 import Darwin
 #endif
 import Dispatch
+import Foundation
 import Synchronization
 
 /// Whole lines to standard output or error, one `write` sequence per line under
@@ -69,6 +70,7 @@ final class RateLimitedLines: Sendable {
     private let interval: Duration
     private let output: @Sendable (String) -> Void
     private let windows = Mutex<[String: Window]>([:])
+    private let summaries = SummaryThread()
 
     init(interval: Duration, output: @escaping @Sendable (String) -> Void) {
         self.interval = interval
@@ -101,9 +103,7 @@ final class RateLimitedLines: Sendable {
         case .print:
             output(line())
         case .countedFirst(let due):
-            let delay = max(.zero, due - now).components
-            let nanoseconds = Int(delay.seconds) * 1_000_000_000 + Int(delay.attoseconds / 1_000_000_000)
-            DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(nanoseconds)) { self.summarize(key) }
+            summaries.schedule(at: due) { self.summarize(key) }
         case .counted:
             break
         }
@@ -118,6 +118,41 @@ final class RateLimitedLines: Sendable {
             return window.summary(window.counted)
         }
         if let text { output(text) }
+    }
+}
+
+/// Runs summaries when they are due, on a thread of its own: not on the
+/// global executor's or libdispatch's worker threads, whose pool monitor
+/// aborts the process when it cannot open a /proc file, which is exactly
+/// when a server out of descriptors has something to summarise.
+private final class SummaryThread: Sendable {
+    private struct Due {
+        var at: ContinuousClock.Instant
+        var action: @Sendable () -> Void
+    }
+    /// Soonest first: every window lasts the same interval, so dues arrive in order.
+    private let queue = Mutex<(dues: [Due], started: Bool)>(([], false))
+    private let arrived = DispatchSemaphore(value: 0)
+
+    func schedule(at due: ContinuousClock.Instant, _ action: @escaping @Sendable () -> Void) {
+        let start = queue.withLock { queue in
+            queue.dues.append(Due(at: due, action: action))
+            defer { queue.started = true }
+            return !queue.started
+        }
+        if start { Thread.detachNewThread { self.run() } }
+        arrived.signal()
+    }
+
+    private func run() {
+        while true {
+            arrived.wait()
+            guard let due = queue.withLock({ $0.dues.first }) else { continue }
+            let wait = ContinuousClock.now.duration(to: due.at)
+            if wait > .zero { Thread.sleep(forTimeInterval: Double(wait.components.seconds) + Double(wait.components.attoseconds) / 1e18) }
+            queue.withLock { _ = $0.dues.removeFirst() }
+            due.action()
+        }
     }
 }
 

@@ -3,7 +3,7 @@ import Foundation
 import Synchronization
 import UDSKit
 
-struct EchoServer: AsyncParsableCommand {
+struct EchoServer: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "echo-server",
         abstract: "Echo every byte back to its sender: the classic Unix domain socket demo.",
@@ -70,8 +70,13 @@ struct EchoServer: AsyncParsableCommand {
         case global
     }
 
+    @Option(help: "Event loops for --io async (threads; connections are spread over them). Default: 1.")
+    var loops: Int = 1
+
     func validate() throws {
         try OptionRange.bufferSize.check("--chunk", chunk)
+        try OptionRange.eventLoops.check("--loops", loops)
+        if loops > 1 && io != .async { throw ValidationError("--loops needs --io async") }
         // A datagram server has no connections to check or refuse: never
         // ignore an access restriction silently.
         if type == .dgram && (!allowedUserIDs.isEmpty || !allowedGroupIDs.isEmpty || showPeer) {
@@ -79,19 +84,27 @@ struct EchoServer: AsyncParsableCommand {
         }
     }
 
-    func run() async throws {
+    /// Synchronous on purpose: the async server's tasks are started on its
+    /// event loop from here, and this thread waits. Nothing of the server then
+    /// runs on the global executor, whose thread pool (libdispatch) aborts the
+    /// process when its monitor cannot open a /proc file: exactly what happens
+    /// to a server out of descriptors.
+    func run() throws {
         let address = try parseAddress(address)
         // Before the socket exists: a signal from then on stops the server cleanly.
         ShutdownSignals.prepare()
         raiseDescriptorLimit()
-        let options = BindOptions(permissions: mode?.permissions)
-        let access = accessPolicy
         let transcript = Transcript(quiet: quiet)
+        let options = BindOptions(permissions: mode?.permissions) { event in
+            transcript.reportAcceptRecovery(event)
+        }
+        let access = accessPolicy
         transcript.always("starting up on \(address)")
         do {
+            let loops: any EventLoopSource = self.loops == 1 ? EventLoop.shared : try EventLoopGroup(loopCount: self.loops)
             switch type {
             case .stream where io == .async:
-                let listener = try AsyncStreamListener.bind(to: address, options: options, admitting: access)
+                let listener = try AsyncStreamListener.bind(to: address, options: options, admitting: access, on: loops)
                 announce(replacedStale: listener.replacedStaleSocket, address: self.address)
                 // Exit from the handler, once the socket file is gone: returning
                 // would wait for every connected client to hang up, and the
@@ -100,7 +113,7 @@ struct EchoServer: AsyncParsableCommand {
                     try? listener.close()
                     Foundation.exit(0)
                 }
-                await serveAsync(listener, transcript: transcript)
+                try runOnLoop(listener.eventLoop) { await serveAsync(listener, transcript: transcript) }
             case .stream:
                 let listener = try StreamListener.bind(to: address, options: options, admitting: access)
                 try serveConnections(
@@ -111,21 +124,21 @@ struct EchoServer: AsyncParsableCommand {
                     },
                     close: { try? listener.close() }, transcript: transcript)
             case .seqpacket where io == .async:
-                let listener = try AsyncSeqpacketListener.bind(to: address, options: options, admitting: access)
+                let listener = try AsyncSeqpacketListener.bind(to: address, options: options, admitting: access, on: loops)
                 announce(replacedStale: listener.replacedStaleSocket, address: self.address)
                 ShutdownSignals.install { _ in
                     try? listener.close()
                     Foundation.exit(0)
                 }
-                await serveAsync(listener, transcript: transcript)
+                try runOnLoop(listener.eventLoop) { await serveAsync(listener, transcript: transcript) }
             case .dgram where io == .async:
-                let socket = try AsyncDatagramSocket.bind(to: address, options: options)
+                let socket = try AsyncDatagramSocket.bind(to: address, options: options, on: loops.next())
                 announce(replacedStale: socket.replacedStaleSocket, address: self.address)
                 ShutdownSignals.install { _ in
                     try? socket.close()
                     Foundation.exit(0)
                 }
-                try await serveAsync(socket, transcript: transcript)
+                try runOnLoop(socket.eventLoop) { try await serveAsync(socket, transcript: transcript) }
             case .seqpacket:
                 let listener = try SeqpacketListener.bind(to: address, options: options, admitting: access)
                 try serveConnections(
@@ -159,19 +172,20 @@ struct EchoServer: AsyncParsableCommand {
         }
     }
 
-    /// How long to pause before accepting again after `error`, or `nil` if it is fatal.
-    /// Out of descriptors or memory: say so, wait, and keep serving the clients
-    /// already connected.
-    static func pauseAfterAcceptFailure(_ error: SocketError) -> Duration? {
-        switch error.errno {
-        case .connectionAbort?, .interrupted?:
-            return .zero
-        case .tooManyOpenFiles?, .tooManyOpenFilesInSystem?, .noBufferSpace?, .noMemory?:
-            ServerReports.report(error)
-            return .milliseconds(100)
-        default:
-            return nil
+    /// Runs `body` as a task on `loop` and waits for it on this thread.
+    private func runOnLoop(_ loop: EventLoop, _ body: @escaping @Sendable () async throws -> Void) throws {
+        let finished = DispatchSemaphore(value: 0)
+        let outcome = Mutex<Result<Void, any Error>>(.success(()))
+        Task(executorPreference: loop) {
+            do {
+                try await body()
+            } catch {
+                outcome.withLock { $0 = .failure(error) }
+            }
+            finished.signal()
         }
+        finished.wait()
+        try outcome.withLock { $0 }.get()
     }
 
     private func serveConnections(
@@ -188,12 +202,11 @@ struct EchoServer: AsyncParsableCommand {
             let connection: any EchoConnection
             let peer: UnixAddress
             do {
+                // The listener gets through running out of descriptors itself.
                 (connection, peer) = try accept()
             } catch {
                 if ShutdownSignals.received.load(ordering: .acquiring) { return }
-                guard let pause = Self.pauseAfterAcceptFailure(error) else { throw error }
-                Thread.sleep(forTimeInterval: Double(pause.components.attoseconds) / 1e18)
-                continue
+                throw error
             }
             nextID += 1
             let id = nextID
@@ -403,6 +416,18 @@ final class Transcript: Sendable {
 
     /// An error serving one client. With --quiet, clients that left early are
     /// only counted; everything else is reported, rate-limited.
+    /// How the listener got through an accept failure: one line per kind,
+    /// rate-limited, also with --quiet (it is what the operator must know).
+    func reportAcceptRecovery(_ event: AcceptRecoveryEvent) {
+        let key: String
+        switch event {
+        case .shedConnection: key = "out of descriptors: closed pending connections"
+        case .pausing: key = "accept paused"
+        case .credentialsUnavailable: key = "refused peers whose credentials could not be read"
+        }
+        ServerReports.line(key: key, "uds: \(event)") { "uds: \(key): \($0) more in the last \(ServerReports.interval)" }
+    }
+
     func report(_ error: any Error) {
         if isQuiet && ServerReports.isClientGone(error) {
             ServerReports.clientGone(error)

@@ -76,6 +76,8 @@ extension OptionRange<Int> {
     static let bufferSize = OptionRange(bounds: 1...64 << 20, text: "1 to 67108864 bytes (64 MiB)")
     /// Bytes streamed through a buffer, never held at once.
     static let streamLength = OptionRange(bounds: 1...1 << 40, text: "1 to 1099511627776 bytes (1 TiB)")
+    /// Event-loop threads.
+    static let eventLoops = OptionRange(bounds: 1...256, text: "1 to 256")
     /// Connections open at once, each with its buffers.
     static let connections = OptionRange(bounds: 1...10_000, text: "1 to 10000")
     /// Ping-pong messages of all connections together: each connection holds

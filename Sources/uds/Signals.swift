@@ -5,7 +5,8 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Dispatch
+import CUDSKit
+import Foundation
 import Synchronization
 
 /// Runs `action` once when SIGINT or SIGTERM arrives, instead of dying at once,
@@ -14,10 +15,8 @@ import Synchronization
 /// The CLI owns its process, so it may change signal dispositions; the library
 /// never does.
 enum ShutdownSignals {
-    /// Kept only so the sources stay alive; never used again.
-    private struct Retained: @unchecked Sendable { let source: any DispatchSourceSignal }
     private struct State {
-        var sources: [Retained] = []
+        var prepared = false
         var action: (@Sendable (_ name: String) -> Void)?
         /// A signal that arrived before there was an action to run.
         var unhandled: String?
@@ -32,19 +31,40 @@ enum ShutdownSignals {
     /// accepts connections is then neither fatal (the default action, which
     /// leaves a stale socket file) nor dropped (SIG_IGN); ``install(_:)`` runs
     /// its action for it. Later calls do nothing.
+    ///
+    /// The handler writes the signal's number to a pipe and a thread of our
+    /// own reads it: no thread pool is involved, so a server out of
+    /// descriptors still shuts down cleanly.
     static func prepare() {
-        let started = state.withLock { state in
-            guard state.sources.isEmpty else { return false }
-            for (number, name) in [(SIGINT, "SIGINT"), (SIGTERM, "SIGTERM")] {
-                signal(number, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-                source.setEventHandler { deliver(name) }
-                source.resume()
-                state.sources.append(Retained(source: source))
-            }
-            return true
+        let first = state.withLock { state in
+            defer { state.prepared = true }
+            return !state.prepared
         }
-        if started { waitUntilCaught() }
+        guard first else { return }
+        let numbers: [CInt] = [SIGINT, SIGTERM]
+        let pipe = numbers.withUnsafeBufferPointer { cudskit_forward_signals($0.baseAddress, CInt($0.count)) }
+        guard pipe >= 0 else {
+            report(SignalSetupFailed(errno: errno))
+            return
+        }
+        Thread.detachNewThread {
+            var byte: UInt8 = 0
+            while true {
+                let count = read(pipe, &byte, 1)
+                if count == 1 {
+                    deliver(CInt(byte) == SIGINT ? "SIGINT" : "SIGTERM")
+                } else if count < 0 && errno == EINTR {
+                    continue
+                } else {
+                    return
+                }
+            }
+        }
+    }
+
+    private struct SignalSetupFailed: Error, CustomStringConvertible {
+        let errno: CInt
+        var description: String { "sigaction(SIGINT, SIGTERM): \(String(cString: strerror(errno)))" }
     }
 
     /// Runs `action` at the first SIGINT or SIGTERM, or at once if one
@@ -65,22 +85,5 @@ enum ShutdownSignals {
             return state.action
         }
         action?(name)
-    }
-
-    /// On Linux, libdispatch replaces SIG_IGN with its own handler on its
-    /// manager thread, some time after `resume()`; a signal in between would be
-    /// dropped. Waits (at most about a second) until the handlers are in place.
-    private static func waitUntilCaught() {
-        #if canImport(Glibc)
-        for number in [SIGINT, SIGTERM] {
-            for _ in 0..<1000 {
-                var current = sigaction()
-                guard sigaction(number, nil, &current) == 0 else { break }
-                // Neither SIG_DFL (0) nor SIG_IGN (1): a handler.
-                if unsafeBitCast(current.__sigaction_handler.sa_handler, to: Int.self) > 1 { break }
-                usleep(1000)
-            }
-        }
-        #endif
     }
 }

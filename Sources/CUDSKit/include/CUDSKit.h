@@ -30,6 +30,12 @@ extern const int cudskit_msg_cmsg_cloexec;
 void cudskit_read_ucred(const void *data, pid_t *pid, uid_t *uid, gid_t *gid);
 size_t cudskit_ucred_size(void);
 
+// Installs a handler for each of `signals` that writes the signal's number,
+// as one byte, to a pipe; returns the pipe's read end (blocking,
+// close-on-exec), or -1 with errno set. For programs (the CLI), never the
+// library: it does not change signal dispositions.
+int cudskit_forward_signals(const int *signals, int count);
+
 #ifdef __linux__
 #include <sys/epoll.h>
 #include <sys/eventfd.h>

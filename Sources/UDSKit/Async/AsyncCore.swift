@@ -212,9 +212,11 @@ final class AsyncCore: Sendable {
         var recovery = AcceptRecovery()
         while true {
             var accepted: CInt = -1
-            let peer: UnixAddress
+            // Noted before the attempt: a connection that comes after it moves the tick.
+            let observed = registration.tick(.read)
+            let peer: UnixAddress?
             do {
-                peer = try await perform(.read, "accept", deadline: deadline) { (fd) throws(SocketError) in
+                peer = try attempt(.read, "accept") { (fd) throws(SocketError) in
                     var failure: Errno?
                     let address = UnixAddress.fromKernel { address, length in
                         switch Sys.accept(fd, address, length, nonBlocking: true) {
@@ -224,12 +226,18 @@ final class AsyncCore: Sendable {
                     }
                     return failure.map { .failure($0) } ?? .success(address)
                 }
-            } catch let error as SocketError {
+            } catch {
                 switch handle.recover(from: error, &recovery) {
-                case .retry: continue
+                case .retry: break
+                case .awaitConnection:
+                    try await registration.wait(.read, after: observed, deadline: deadline, operation: "accept")
                 case .pause(let pause): try await self.pause(pause, until: deadline, operation: "accept")
                 case .fail: throw error
                 }
+                continue
+            }
+            guard let peer else {
+                try await registration.wait(.read, after: blockedTick(.read), deadline: deadline, operation: "accept")
                 continue
             }
             recovery.succeeded()

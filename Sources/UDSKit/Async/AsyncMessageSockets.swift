@@ -107,6 +107,9 @@ public final class AsyncDatagramSocket: Sendable {
     /// Closes once and removes the socket file it bound; waiting operations fail with `.closed`.
     public func close() throws(SocketError) { try core.close() }
 
+    /// The loop that watches this socket, where its tasks run best.
+    public var eventLoop: EventLoop { core.registration.loop }
+
     /// The descriptor, for use with other APIs; it stays owned by this socket.
     public var descriptor: CInt { core.handle.descriptor }
 }
@@ -157,6 +160,9 @@ public final class AsyncSeqpacketListener: Sendable {
 
     /// Stops listening and removes the socket file.
     public func close() throws(SocketError) { try core.close() }
+
+    /// The loop that watches this socket, where its tasks run best.
+    public var eventLoop: EventLoop { core.registration.loop }
 }
 
 /// A connected seqpacket socket for async code (Linux): one message per send

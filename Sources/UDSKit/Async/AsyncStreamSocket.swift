@@ -79,6 +79,9 @@ public final class AsyncStreamListener: Sendable {
 
     /// Stops listening, ends ``connections``, and removes the socket file.
     public func close() throws(SocketError) { try core.close() }
+
+    /// The loop that watches this socket, where its tasks run best.
+    public var eventLoop: EventLoop { core.registration.loop }
 }
 
 /// A connected stream socket for async code.

@@ -77,27 +77,42 @@ final class ReserveDescriptor: Sendable {
 
     var isHeld: Bool { descriptor.withLock { $0 >= 0 } }
 
+    enum Shedding {
+        /// A pending connection was accepted and closed.
+        case shed
+        /// None is pending: the kernel refuses accept for want of a number
+        /// before it looks at the queue, so wait for the next connection.
+        case nothingPending
+        /// The reserve is not held (another thread took the freed number).
+        case unavailable
+    }
+
     /// Frees the reserve, accepts one pending connection on `listener` and
-    /// closes it, then takes the reserve back. Returns whether a connection
-    /// was shed.
-    func shed(_ listener: CInt) -> Bool {
+    /// closes it, then takes the reserve back.
+    func shed(_ listener: CInt) -> Shedding {
         descriptor.withLock { fd in
             guard fd >= 0 else {
                 fd = Sys.openReserve()
-                return false
+                return .unavailable
+            }
+            // Only if one is pending: a blocking listener would wait here otherwise.
+            guard case .success(true) = Sys.poll(listener, forWriting: false, timeoutMilliseconds: 0) else {
+                return .nothingPending
             }
             _ = Sys.close(fd)
             fd = -1
-            // Only if one is pending: a blocking listener would wait here otherwise.
-            var shed = false
-            if case .success(true) = Sys.poll(listener, forWriting: false, timeoutMilliseconds: 0),
-                case .success(let accepted) = Sys.accept(listener, nil, nil, nonBlocking: true)
-            {
+            var outcome = Shedding.unavailable
+            switch Sys.accept(listener, nil, nil, nonBlocking: true) {
+            case .success(let accepted):
                 _ = Sys.close(accepted)
-                shed = true
+                outcome = .shed
+            case .failure(.wouldBlock):
+                outcome = .nothingPending
+            case .failure:
+                break
             }
             fd = Sys.openReserve()
-            return shed
+            return outcome
         }
     }
 }
@@ -118,6 +133,7 @@ extension SocketHandle {
             } catch {
                 switch recover(from: error, &recovery) {
                 case .retry: continue
+                case .awaitConnection: try awaitConnection()
                 case .pause(let pause): Sys.sleep(for: pause)
                 case .fail: throw error
                 }
@@ -127,8 +143,17 @@ extension SocketHandle {
 
     enum AcceptRecoveryAction {
         case retry
+        /// Out of descriptors with an empty queue: wait until a connection
+        /// comes (to shed it, or to serve it if a number was freed by then).
+        case awaitConnection
         case pause(Duration)
         case fail
+    }
+
+    /// Blocks until a connection is pending or the listener closes (which
+    /// shuts it down, waking the poll).
+    private func awaitConnection() throws(SocketError) {
+        _ = try call("poll") { Sys.poll($0, forWriting: false, timeoutMilliseconds: -1) }
     }
 
     /// Decides what follows `error` and does the shedding, telling the
@@ -139,14 +164,17 @@ extension SocketHandle {
         case .retry:
             return .retry
         case .shed:
-            let shed = (try? withDescriptor("accept") { ReserveDescriptor.shared.shed($0) }) ?? false
-            if shed {
+            switch (try? withDescriptor("accept") { ReserveDescriptor.shared.shed($0) }) ?? .unavailable {
+            case .shed:
                 reportAcceptRecovery(.shedConnection(error))
                 return .retry
+            case .nothingPending:
+                return .awaitConnection
+            case .unavailable:
+                let pause = recovery.nextPause()
+                reportAcceptRecovery(.pausing(error, pause))
+                return .pause(pause)
             }
-            let pause = recovery.nextPause()
-            reportAcceptRecovery(.pausing(error, pause))
-            return .pause(pause)
         case .pause(let pause):
             reportAcceptRecovery(.pausing(error, pause))
             return .pause(pause)
