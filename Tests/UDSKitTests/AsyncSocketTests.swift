@@ -119,9 +119,9 @@ struct AsyncSocketTests {
         let started = ContinuousClock.now
         reader.cancel()
         let result = await reader.result
-        // Without cancellation the read would wait forever; the bound is loose
-        // because the whole suite shares two cores.
-        #expect(ContinuousClock.now - started < .seconds(5))
+        // Without cancellation the read would wait forever: the bound tells
+        // "ended" from "never", not fast from slow.
+        #expect(ContinuousClock.now - started < endsRatherThanHangs)
         #expect(throws: CancellationError.self) { try result.get() }
         // No waiter was left behind: the next read gets the next bytes.
         try await second.writeAll(Array("after".utf8))
@@ -167,7 +167,7 @@ struct AsyncSocketTests {
         #expect(error?.code == .timedOut)
         let elapsed = ContinuousClock.now - started
         #expect(elapsed >= .milliseconds(100))
-        #expect(elapsed < .seconds(10))
+        #expect(elapsed < endsRatherThanHangs)
         // The socket still works after a timeout.
         try await second.writeAll([1, 2, 3])
         #expect(try await first.read(upTo: 16, timeout: .seconds(20)) == [1, 2, 3])

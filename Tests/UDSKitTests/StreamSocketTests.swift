@@ -288,7 +288,7 @@ struct StreamSocketTests {
         #expect(error.code == .timedOut)
         #expect(error.description.hasSuffix("timed out"))
         #expect(elapsed >= .milliseconds(80))
-        #expect(elapsed < .seconds(5))
+        #expect(elapsed < endsRatherThanHangs)
 
         // The socket still works afterwards, and the timeout can be lifted.
         try b.writeAll([7])

@@ -190,6 +190,11 @@ final class BackgroundThread<T: Sendable>: Sendable {
     }
 }
 
+/// The upper bound for an operation that must end (a timeout, a cancel, a
+/// close) rather than wait forever. It proves that it ends, not how fast: on
+/// a loaded 2-core machine an "instant" cancel has taken over 5 s.
+let endsRatherThanHangs = Duration.seconds(60)
+
 /// Sleeps the calling thread, for giving another thread time to block.
 func pause(_ duration: Duration) {
     let microseconds = duration.components.seconds * 1_000_000 + duration.components.attoseconds / 1_000_000_000_000

@@ -44,7 +44,7 @@ struct LifecycleCLITests {
             let server = try box.uds(arguments)
             try await box.waitUntilReady(server, address: "./echo.sock", type: variant.type)
             server.signal(signal.number)
-            let termination = try await server.waitForExit(timeout: .seconds(5))
+            let termination = try await server.waitForExit(timeout: .seconds(60))
             #expect(termination == .exited(0), "round \(round): \(server.transcript)")
             #expect(box.entries() == [], "round \(round): the socket file is still there")
             if termination != .exited(0) || !box.entries().isEmpty { break }
