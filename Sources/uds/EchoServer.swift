@@ -96,6 +96,10 @@ struct EchoServer: AsyncParsableCommand {
                     Foundation.exit(0)
                 }
                 await serveAsync(listener, transcript: transcript)
+                // The loop ends when the handler closes the listener; returning
+                // now would call exit() alongside the handler's, which glibc
+                // does not allow (AddressSanitizer saw a double free).
+                yieldToShutdown()
             case .stream:
                 let listener = try StreamListener.bind(to: address, options: options, admitting: access)
                 try serveConnections(
@@ -113,6 +117,7 @@ struct EchoServer: AsyncParsableCommand {
                     Foundation.exit(0)
                 }
                 await serveAsync(listener, transcript: transcript)
+                yieldToShutdown()
             case .dgram where io == .async:
                 let socket = try AsyncDatagramSocket.bind(to: address, options: options)
                 announce(replacedStale: socket.replacedStaleSocket, address: self.address)
@@ -121,6 +126,7 @@ struct EchoServer: AsyncParsableCommand {
                     Foundation.exit(0)
                 }
                 try await serveAsync(socket, transcript: transcript)
+                yieldToShutdown()
             case .seqpacket:
                 let listener = try SeqpacketListener.bind(to: address, options: options, admitting: access)
                 try serveConnections(
