@@ -114,6 +114,9 @@ struct EchoServer: ParsableCommand {
                     Foundation.exit(0)
                 }
                 try runOnLoop(listener.eventLoop) { await serveAsync(listener, transcript: transcript) }
+                // The loop ends when the handler closes the socket; returning now would
+                // call exit() alongside the handler's (AddressSanitizer saw a double free).
+                yieldToShutdown()
             case .stream:
                 let listener = try StreamListener.bind(to: address, options: options, admitting: access)
                 try serveConnections(
@@ -131,6 +134,9 @@ struct EchoServer: ParsableCommand {
                     Foundation.exit(0)
                 }
                 try runOnLoop(listener.eventLoop) { await serveAsync(listener, transcript: transcript) }
+                // The loop ends when the handler closes the socket; returning now would
+                // call exit() alongside the handler's (AddressSanitizer saw a double free).
+                yieldToShutdown()
             case .dgram where io == .async:
                 let socket = try AsyncDatagramSocket.bind(to: address, options: options, on: loops.next())
                 announce(replacedStale: socket.replacedStaleSocket, address: self.address)
@@ -139,6 +145,9 @@ struct EchoServer: ParsableCommand {
                     Foundation.exit(0)
                 }
                 try runOnLoop(socket.eventLoop) { try await serveAsync(socket, transcript: transcript) }
+                // The loop ends when the handler closes the socket; returning now would
+                // call exit() alongside the handler's (AddressSanitizer saw a double free).
+                yieldToShutdown()
             case .seqpacket:
                 let listener = try SeqpacketListener.bind(to: address, options: options, admitting: access)
                 try serveConnections(

@@ -106,23 +106,51 @@ enum ControlMessages {
                 sender: wantSender ? UnixAddress(storage: storage, length: message.msg_namelen) : nil,
                 descriptors: [], credentials: nil)
             if space > 0 && message.msg_controllen > 0 {
-                parse(&message, into: &received)
+                let used = UnsafeRawBufferPointer(rebasing: control[..<min(Int(message.msg_controllen), space)])
+                let found = parse(control: used)
+                // Marked here, not in `parse`: the numbers are only descriptors
+                // when the kernel put them there.
+                found.descriptors.forEach(Sys.markCloseOnExec)
+                received.descriptors = found.descriptors
+                received.credentials = found.credentials
             }
             return .success(received)
         }
     }
 
-    private static func parse(_ message: inout msghdr, into received: inout Received) {
+    /// What the control messages of one message carried.
+    struct Parsed: Equatable {
+        var descriptors: [CInt] = []
+        var credentials: PeerCredentials?
+    }
+
+    /// Walks the control messages in `control`, the part of a `recvmsg`
+    /// control buffer that the kernel filled (`msg_controllen` bytes), which
+    /// must be aligned for `cmsghdr`.
+    ///
+    /// Returns numbers and touches no descriptor, so that any bytes can be fed
+    /// to it (the fuzzer does). A header whose length is shorter than a header
+    /// ends the walk, and a payload is cut at the end of the buffer: glibc's
+    /// `CMSG_NXTHDR` checks only where the next header lies, and Darwin's
+    /// returns the same header again for a length of 0.
+    static func parse(control: UnsafeRawBufferPointer) -> Parsed {
+        var parsed = Parsed()
+        guard let base = control.baseAddress else { return parsed }
+        precondition(Int(bitPattern: base) % MemoryLayout<cmsghdr>.alignment == 0, "control buffer is not aligned")
+        var message = msghdr()
+        message.msg_control = UnsafeMutableRawPointer(mutating: base)
+        message.msg_controllen = .init(control.count)
+        let end = base + control.count
         var header = cudskit_cmsg_firsthdr(&message)
         while let current = header {
+            let length = Int(current.pointee.cmsg_len)
+            guard length >= cudskit_cmsg_len(0) else { break }
             let data = UnsafeRawPointer(cudskit_cmsg_data(current)!)
-            let payload = Int(current.pointee.cmsg_len) - cudskit_cmsg_len(0)
+            let payload = min(length - cudskit_cmsg_len(0), max(0, end - data))
             if current.pointee.cmsg_level == SOL_SOCKET {
                 if current.pointee.cmsg_type == cudskit_scm_rights {
                     for index in 0..<(payload / descriptorSize) {
-                        let descriptor = data.loadUnaligned(fromByteOffset: index * descriptorSize, as: CInt.self)
-                        Sys.markCloseOnExec(descriptor)
-                        received.descriptors.append(descriptor)
+                        parsed.descriptors.append(data.loadUnaligned(fromByteOffset: index * descriptorSize, as: CInt.self))
                     }
                 } else if cudskit_scm_credentials != 0 && current.pointee.cmsg_type == cudskit_scm_credentials
                     && payload >= cudskit_ucred_size()
@@ -131,10 +159,11 @@ enum ControlMessages {
                     var uid: uid_t = 0
                     var gid: gid_t = 0
                     cudskit_read_ucred(data, &pid, &uid, &gid)
-                    received.credentials = PeerCredentials(processID: pid, userID: uid, groupID: gid)
+                    parsed.credentials = PeerCredentials(processID: pid, userID: uid, groupID: gid)
                 }
             }
             header = cudskit_cmsg_nxthdr(&message, current)
         }
+        return parsed
     }
 }
