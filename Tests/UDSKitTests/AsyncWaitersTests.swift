@@ -95,30 +95,33 @@ enum WaitingKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
         case .streamAccept:
             let address = try uniqueAbstractAddress("waiters-accept")
             let listener = try AsyncStreamListener.bind(to: address)
-            let clients = Mutex<[StreamSocket]>([])
-            return WaitingOperation(
+            return accepting(
                 wait: { timeout in _ = try await listener.accept(timeout: timeout) },
-                release: { count in
-                    for _ in 0..<count {
-                        let client = try StreamSocket.connect(to: address)
-                        clients.withLock { $0.append(client) }
-                    }
-                },
-                close: { try listener.close() }, keepAlive: [])
+                connect: { try StreamSocket.connect(to: address) }, close: { try listener.close() })
         case .seqpacketAccept:
             let address = try uniqueAbstractAddress("waiters-accept-seq")
             let listener = try AsyncSeqpacketListener.bind(to: address)
-            let clients = Mutex<[SeqpacketSocket]>([])
-            return WaitingOperation(
+            return accepting(
                 wait: { timeout in _ = try await listener.accept(timeout: timeout) },
-                release: { count in
-                    for _ in 0..<count {
-                        let client = try SeqpacketSocket.connect(to: address)
-                        clients.withLock { $0.append(client) }
-                    }
-                },
-                close: { try listener.close() }, keepAlive: [])
+                connect: { try SeqpacketSocket.connect(to: address) }, close: { try listener.close() })
         }
+    }
+
+    /// Accepts wait on a listener; `connect` makes a client that releases one.
+    private func accepting<Client: Sendable>(
+        wait: @escaping @Sendable (Duration?) async throws -> Void,
+        connect: @escaping @Sendable () throws -> Client, close: @escaping @Sendable () throws -> Void
+    ) -> WaitingOperation {
+        let clients = Mutex<[Client]>([])
+        return WaitingOperation(
+            wait: wait,
+            release: { count in
+                for _ in 0..<count {
+                    let client = try connect()
+                    clients.withLock { $0.append(client) }
+                }
+            },
+            close: close, keepAlive: [])
     }
 }
 
