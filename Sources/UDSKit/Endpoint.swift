@@ -93,6 +93,8 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
             throw invalid("expected HOST:PORT")
         }
         if host.isEmpty { throw invalid("the host is empty") }
+        // Brackets only delimit an IPv6 address; in a host they could not print back.
+        if host.contains("[") || host.contains("]") { throw invalid("a host cannot contain [ or ]") }
         guard !portText.isEmpty, portText.allSatisfy(\.isASCIIDigit), let port = UInt16(portText) else {
             throw invalid("the port must be a number from 0 to 65535, not \"\(portText)\"")
         }

@@ -67,6 +67,9 @@ struct EndpointParsingTests {
         ("tcp:::1:80", "brackets"),
         ("tcp:[::1:80", "closing ]"),
         ("tcp:[::1]80", ":PORT"),
+        // Found by the fuzzer: host "[x" printed as tcp:[x:0, which does not parse.
+        ("tcp:[[x]:0", "cannot contain [ or ]"),
+        ("tcp:a]b:80", "cannot contain [ or ]"),
     ]
 
     @Test("malformed TCP addresses fail with a reason, naming the text", arguments: malformed)
