@@ -20,7 +20,8 @@ let package = Package(
             dependencies: [
                 "CUDSKit",
                 .product(name: "SystemPackage", package: "swift-system"),
-            ]
+            ],
+            swiftSettings: asyncOnTheCallersExecutor
         ),
         .executableTarget(
             name: "uds",
@@ -29,7 +30,8 @@ let package = Package(
                 "CUDSKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
-            ]
+            ],
+            swiftSettings: asyncOnTheCallersExecutor
         ),
         .testTarget(name: "UDSKitTests", dependencies: ["UDSKit"]),
         .testTarget(
@@ -40,3 +42,9 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// Async functions that are not isolated run on their caller's executor
+// instead of hopping to the generic one at every call: for a task that runs
+// on an event loop, each hop asked the runtime for the task's preferred
+// executor under its status-record lock, per read and per wait (SE-0461).
+var asyncOnTheCallersExecutor: [SwiftSetting] { [.enableUpcomingFeature("NonisolatedNonsendingByDefault")] }

@@ -41,10 +41,14 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
     }()
 
     let selector: PlatformSelector
-    /// Every live registration, by token; `nil` once the loop stopped, so
-    /// that nothing registers with a loop that no longer watches.
-    private let registrations = Mutex<[UInt64: Registration]?>([:])
-    private let nextToken = Atomic<UInt64>(1)
+    /// Every live registration; `nil` once the loop stopped, so that nothing
+    /// registers with a loop that no longer watches. Events do not look here:
+    /// their token is the registration's address.
+    private let registrations = Mutex<[ObjectIdentifier: Registration]?>([:])
+    /// Registrations removed from the selector, kept alive until the loop has
+    /// dispatched the batch of events that may still name them.
+    private let retired = Mutex<[Registration]>([])
+    private let hasRetired = Atomic<Bool>(false)
 
     private struct RemoteJobs {
         var jobs: [UnownedJob] = []
@@ -153,6 +157,8 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         var batch: [UnownedJob] = []
         batch.reserveCapacity(64)
         var stopping = false
+        // Kept alive until the thread ends: the selector may still name them.
+        var stranded: [Registration] = []
         while true {
             // Run what is ready; jobs they enqueue run in the next pass, after
             // the selector had a look, so one busy connection cannot starve others.
@@ -169,7 +175,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
                 batch += remote
                 if stopRequested && !stopping {
                     stopping = true
-                    failRegistrations()
+                    stranded = failRegistrations()
                 }
             }
             for job in batch {
@@ -181,17 +187,21 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
             if stopping && idle && finishStopping() { break }
             let timeout = idle ? timers.millisecondsUntilNext(now: .now) : 0
             selector.wait(timeoutMilliseconds: timeout) { event in
-                dispatch(event)
+                Registration.named(by: event.token).handle(event)
             }
+            // No event of that batch can name a retired registration any more.
+            if hasRetired.load(ordering: .acquiring) { releaseRetired() }
             timers.fire(now: .now)
         }
+        releaseRetired()
+        withExtendedLifetime(stranded) {}
         threadID.store(0, ordering: .relaxed)
         if let thread = thread.withLock({ $0.take() }) { thread.detach() }
     }
 
     /// Forgets every registration: their waiters fail with `.closed` (and
     /// resume, on this loop while it drains), later waits fail the same way.
-    private func failRegistrations() {
+    private func failRegistrations() -> [Registration] {
         let stranded = registrations.withLock { registrations in
             defer { registrations = nil }
             return registrations.map { Array($0.values) } ?? []
@@ -199,6 +209,16 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         for registration in stranded { registration.loopStopped() }
         // Deadlines no longer matter; a sleeper wakes with `.closed`.
         timers.fireAll(loopStopped: true)
+        return stranded
+    }
+
+    private func releaseRetired() {
+        let released = retired.withLock { retired in
+            hasRetired.store(false, ordering: .relaxed)
+            defer { retired = [] }
+            return retired
+        }
+        withExtendedLifetime(released) {}
     }
 
     /// Stops for good if no job came in meanwhile; `false` to drain again.
@@ -215,11 +235,6 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         scratch.deallocate()
         scratch = UnsafeMutableRawBufferPointer(start: nil, count: 0)
         return true
-    }
-
-    private func dispatch(_ event: ReadinessEvent) {
-        let registration = registrations.withLock { $0?[event.token] }
-        registration?.handle(event)
     }
 
     /// Lends the loop's scratch buffer, at least `minimumSize` bytes, to code
@@ -266,25 +281,32 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
     // MARK: Registrations and timers
 
     func register(_ handle: SocketHandle) throws(SocketError) -> Registration {
-        let token = nextToken.add(1, ordering: .relaxed).oldValue
-        let registration = Registration(token: token, handle: handle, loop: self)
+        let registration = Registration(handle: handle, loop: self)
+        let key = ObjectIdentifier(registration)
         let accepted = registrations.withLock { registrations in
-            registrations?[token] = registration
+            registrations?[key] = registration
             return registrations != nil
         }
         guard accepted else { throw handle.error("epoll_ctl", code: .closed) }
         do {
-            try selector.register(handle.descriptor, token: token)
+            try selector.register(handle.descriptor, token: registration.token)
         } catch {
-            registrations.withLock { $0?[token] = nil }
+            registrations.withLock { $0?[key] = nil }
             throw handle.error("epoll_ctl", error)
         }
         return registration
     }
 
+    /// Removes `registration` from the selector; the loop lets go of it
+    /// after the batch of events it is dispatching, which may still name it.
     func deregister(_ registration: Registration) {
         selector.deregister(registration.handle.descriptor)
-        registrations.withLock { $0?[registration.token] = nil }
+        let removed = registrations.withLock { $0?.removeValue(forKey: ObjectIdentifier(registration)) }
+        guard let removed else { return }
+        retired.withLock { retired in
+            retired.append(removed)
+            hasRetired.store(true, ordering: .releasing)
+        }
     }
 
     /// Runs `timer`'s action on the loop thread at its deadline (or soon after),

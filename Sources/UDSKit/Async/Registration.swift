@@ -19,7 +19,6 @@ final class Registration: Sendable {
         case read, write
     }
 
-    let token: UInt64
     let handle: SocketHandle
     let loop: EventLoop
 
@@ -103,10 +102,20 @@ final class Registration: Sendable {
         }
     }
 
-    init(token: UInt64, handle: SocketHandle, loop: EventLoop) {
-        self.token = token
+    init(handle: SocketHandle, loop: EventLoop) {
         self.handle = handle
         self.loop = loop
+    }
+
+    /// What the selector reports for this registration: its address, so that
+    /// an event finds it without a lookup or a lock. The loop keeps it alive
+    /// until no event of the selector can name it any more.
+    var token: UInt64 { UInt64(UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque())) }
+
+    /// The registration an event's token names.
+    @inline(__always)
+    static func named(by token: UInt64) -> Registration {
+        Unmanaged<Registration>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(token))!).takeUnretainedValue()
     }
 
     /// The tick to note before trying a call in `direction`.
