@@ -54,12 +54,14 @@ struct EchoServer: ParsableCommand {
     @Flag(help: "Print each client's pid, uid and gid (and on Linux its command name).")
     var showPeer = false
 
-    @Option(help: "How the server runs: async (one event-loop thread) or threads (the blocking API; a thread per connection).")
+    @Option(help: "How the server runs: async (tasks on the event loop), handlers (stream only: readiness handlers on the loop, no task per connection) or threads (the blocking API; a thread per connection).")
     var io: IOModel = .async
 
     enum IOModel: String, ExpressibleByArgument, CaseIterable {
         case async
         case threads
+        /// Stream only: readiness handlers on the loop, no task per connection.
+        case handlers
     }
 
     @Option(help: "Where async connection tasks run: loop (the event-loop thread, no hops) or global (Swift's thread pool: a hop per wake-up, for comparison).")
@@ -76,7 +78,8 @@ struct EchoServer: ParsableCommand {
     func validate() throws {
         try OptionRange.bufferSize.check("--chunk", chunk)
         try OptionRange.eventLoops.check("--loops", loops)
-        if loops > 1 && io != .async { throw ValidationError("--loops needs --io async") }
+        if loops > 1 && io == .threads { throw ValidationError("--loops needs --io async or handlers") }
+        if io == .handlers && type != .stream { throw ValidationError("--io handlers serves stream sockets only") }
         // A datagram server has no connections to check or refuse: never
         // ignore an access restriction silently.
         if type == .dgram && (!allowedUserIDs.isEmpty || !allowedGroupIDs.isEmpty || showPeer) {
@@ -103,7 +106,7 @@ struct EchoServer: ParsableCommand {
         do {
             let loops: any EventLoopSource = self.loops == 1 ? EventLoop.shared : try EventLoopGroup(loopCount: self.loops)
             switch type {
-            case .stream where io == .async:
+            case .stream where io != .threads:
                 let listener = try AsyncStreamListener.bind(to: address, options: options, admitting: access, on: loops)
                 announce(replacedStale: listener.replacedStaleSocket, address: self.address)
                 // Exit from the handler, once the socket file is gone: returning
@@ -113,7 +116,11 @@ struct EchoServer: ParsableCommand {
                     try? listener.close()
                     Foundation.exit(0)
                 }
-                try runOnLoop(listener.eventLoop) { await serveAsync(listener, transcript: transcript) }
+                if io == .handlers {
+                    try runOnLoop(listener.eventLoop) { try await serveWithHandlers(listener, transcript: transcript) }
+                } else {
+                    try runOnLoop(listener.eventLoop) { await serveAsync(listener, transcript: transcript) }
+                }
                 // The loop ends when the handler closes the socket; returning now would
                 // call exit() alongside the handler's (AddressSanitizer saw a double free).
                 yieldToShutdown()

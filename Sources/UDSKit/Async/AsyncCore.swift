@@ -211,39 +211,60 @@ final class AsyncCore: Sendable {
     func accept(policy: AccessPolicy, deadline: ContinuousClock.Instant?) async throws -> (SocketHandle, UnixAddress) {
         var recovery = AcceptRecovery()
         while true {
-            var accepted: CInt = -1
             // Noted before the attempt: a connection that comes after it moves the tick.
             let observed = registration.tick(.read)
-            let peer: UnixAddress?
-            do {
-                peer = try attempt(.read, "accept") { (fd) throws(SocketError) in
-                    var failure: Errno?
-                    let address = UnixAddress.fromKernel { address, length in
-                        switch Sys.accept(fd, address, length, nonBlocking: true) {
-                        case .success(let newFD): accepted = newFD
-                        case .failure(let errno): failure = errno
-                        }
-                    }
-                    return failure.map { .failure($0) } ?? .success(address)
-                }
-            } catch {
-                switch handle.recover(from: error, &recovery) {
-                case .retry: break
-                case .awaitConnection:
-                    try await registration.wait(.read, after: observed, deadline: deadline, operation: "accept")
-                case .pause(let pause): try await self.pause(pause, until: deadline, operation: "accept")
-                case .fail: throw error
-                }
+            switch try acceptOnce(policy: policy, &recovery) {
+            case .accepted(let connection, let peer):
+                return (connection, peer)
+            case .retry:
                 continue
-            }
-            guard let peer else {
+            case .wouldBlock:
                 try await registration.wait(.read, after: blockedTick(.read), deadline: deadline, operation: "accept")
-                continue
+            case .awaitConnection:
+                try await registration.wait(.read, after: observed, deadline: deadline, operation: "accept")
+            case .pause(let pause):
+                try await self.pause(pause, until: deadline, operation: "accept")
             }
-            recovery.succeeded()
-            let connection = SocketHandle(descriptor: accepted, kind: handle.kind, label: handle.currentLabel)
-            if handle.admit(connection, by: policy) { return (connection, peer) }
         }
+    }
+
+    enum AcceptOutcome {
+        case accepted(SocketHandle, UnixAddress)
+        /// Refused by the policy, or skipped after a failure: try again.
+        case retry
+        case wouldBlock
+        /// Out of descriptors with none pending: wait for the next connection.
+        case awaitConnection
+        case pause(Duration)
+    }
+
+    /// One accept, and what follows from it (``AcceptRecovery`` decides).
+    func acceptOnce(policy: AccessPolicy, _ recovery: inout AcceptRecovery) throws(SocketError) -> AcceptOutcome {
+        var accepted: CInt = -1
+        let peer: UnixAddress?
+        do throws(SocketError) {
+            peer = try attempt(.read, "accept") { (fd) throws(SocketError) in
+                var failure: Errno?
+                let address = UnixAddress.fromKernel { address, length in
+                    switch Sys.accept(fd, address, length, nonBlocking: true) {
+                    case .success(let newFD): accepted = newFD
+                    case .failure(let errno): failure = errno
+                    }
+                }
+                return failure.map { .failure($0) } ?? .success(address)
+            }
+        } catch {
+            switch handle.recover(from: error, &recovery) {
+            case .retry: return .retry
+            case .awaitConnection: return .awaitConnection
+            case .pause(let pause): return .pause(pause)
+            case .fail: throw error
+            }
+        }
+        guard let peer else { return .wouldBlock }
+        recovery.succeeded()
+        let connection = SocketHandle(descriptor: accepted, kind: handle.kind, label: handle.currentLabel)
+        return handle.admit(connection, by: policy) ? .accepted(connection, peer) : .retry
     }
 
     /// Waits `pause` on the loop's timers, but not past `deadline`.

@@ -29,6 +29,12 @@ final class Registration: Sendable {
     /// wait for another edge (tokio keeps its read-closed bit the same way).
     private let readEnded = Atomic<Bool>(false)
     private let waiters = Mutex(Waiters())
+    /// How many tasks are listed in `waiters`: an event finds none without
+    /// the lock. Kept under the lock; read after the ticks moved.
+    private let waiterCount = Atomic<Int>(0)
+    /// Runs inline at every event, on the loop thread; set and read only
+    /// there (see ``AsyncCore/setReadinessHandler(_:)``).
+    nonisolated(unsafe) private var readinessHandler: (@Sendable (Readiness) -> Void)?
 
     fileprivate struct Waiter {
         var id: UInt64
@@ -52,6 +58,7 @@ final class Registration: Sendable {
         private var others: [Waiter] = []
 
         var isEmpty: Bool { first == nil }
+        var count: Int { first == nil ? 0 : 1 + others.count }
 
         mutating func append(_ waiter: Waiter) {
             if first == nil { first = waiter } else { others.append(waiter) }
@@ -144,22 +151,36 @@ final class Registration: Sendable {
     /// Called on the loop thread for each event: advance the ticks and resume
     /// whoever waits.
     func handle(_ event: ReadinessEvent) {
+        if event.readClosed { readEnded.store(true, ordering: .releasing) }
+        // Sequentially consistent with the waiter's listing: either it sees
+        // the tick move and does not wait, or this sees it listed.
+        if event.readable { readTick.add(1, ordering: .sequentiallyConsistent) }
+        if event.writable { writeTick.add(1, ordering: .sequentiallyConsistent) }
+        if let readinessHandler {
+            readinessHandler(Readiness(readable: event.readable, writable: event.writable, readClosed: event.readClosed))
+        }
+        guard waiterCount.load(ordering: .sequentiallyConsistent) > 0 else { return }
         let (readers, writers) = waiters.withLock { waiters in
             var readers = WaiterList()
             var writers = WaiterList()
-            if event.readClosed { readEnded.store(true, ordering: .releasing) }
-            if event.readable {
-                readTick.add(1, ordering: .releasing)
-                readers = waiters.readers.takeAll()
-            }
-            if event.writable {
-                writeTick.add(1, ordering: .releasing)
-                writers = waiters.writers.takeAll()
-            }
+            if event.readable { readers = waiters.readers.takeAll() }
+            if event.writable { writers = waiters.writers.takeAll() }
+            waiterCount.store(waiters.readers.count + waiters.writers.count, ordering: .sequentiallyConsistent)
             return (readers, writers)
         }
         readers.resumeAll()
         writers.resumeAll()
+    }
+
+    /// Sets the handler that runs at every event, on the loop thread.
+    func setReadinessHandler(_ handler: (@Sendable (Readiness) -> Void)?) {
+        precondition(loop.inEventLoop, "a readiness handler is set on its loop's thread")
+        readinessHandler = handler
+    }
+
+    /// Runs the readiness handler now, as if an event said `readiness`.
+    func runReadinessHandler(_ readiness: Readiness) {
+        readinessHandler?(readiness)
     }
 
     /// Waits until readiness in `direction` moves past `observed`.
@@ -179,7 +200,16 @@ final class Registration: Sendable {
                     if Task.isCancelled { return .some(CancellationError()) }
                     // Readiness came while the caller was trying, or the direction
                     // ended and no edge will ever come again: try again.
-                    if tick(direction) != observed || hasEnded(direction) { return .some(nil) }
+                    // Listed first, then the tick checked: see `handle(_:)`.
+                    waiterCount.add(1, ordering: .sequentiallyConsistent)
+                    let current =
+                        direction == .read
+                        ? readTick.load(ordering: .sequentiallyConsistent)
+                        : writeTick.load(ordering: .sequentiallyConsistent)
+                    if current != observed || hasEnded(direction) {
+                        waiterCount.subtract(1, ordering: .sequentiallyConsistent)
+                        return .some(nil)
+                    }
                     waiters.nextID += 1
                     let id = waiters.nextID
                     timer = deadline.map { deadline in
@@ -215,7 +245,9 @@ final class Registration: Sendable {
     /// Resumes the waiter `id` with `error`, if it is still waiting.
     private func abandon(_ direction: Direction, id: UInt64, with error: any Error) {
         let waiter = waiters.withLock { waiters in
-            waiters.list(direction) { $0.remove(id: id) }
+            let removed = waiters.list(direction) { $0.remove(id: id) }
+            if removed != nil { waiterCount.subtract(1, ordering: .sequentiallyConsistent) }
+            return removed
         }
         waiter?.resume(throwing: error)
     }
@@ -246,7 +278,10 @@ final class Registration: Sendable {
 
     private func markClosed() -> (first: Bool, readers: WaiterList, writers: WaiterList) {
         waiters.withLock { waiters in
-            defer { waiters.closed = true }
+            defer {
+                waiters.closed = true
+                waiterCount.store(0, ordering: .sequentiallyConsistent)
+            }
             return (!waiters.closed, waiters.readers.takeAll(), waiters.writers.takeAll())
         }
     }
