@@ -10,13 +10,17 @@ struct DescriptorLimitCLITests {
     static let limit = 256
     static let clients = 300
 
+    /// Every way the server runs: async, threads, and readiness handlers (stream only).
+    static let variants: [(SocketType, String)] =
+        [(.stream, "async"), (.stream, "threads"), (.stream, "handlers"), (.seqpacket, "async"), (.seqpacket, "threads")]
+
     @Test("300 clients against a limit of 256: the server lives, sheds the excess, and serves again",
-          arguments: [SocketType.stream, .seqpacket], IOModel.allCases)
-    func serverSurvivesRunningOutOfDescriptors(type: SocketType, io: IOModel) async throws {
+          arguments: variants)
+    func serverSurvivesRunningOutOfDescriptors(type: SocketType, io: String) async throws {
         let box = try Sandbox()
         defer { box.cleanup() }
         let script = try box.python("descriptor_limit.py", [
-            try Tools.uds(), box.resolve("limit.sock"), type.rawValue, io.rawValue, "\(Self.limit)", "\(Self.clients)",
+            try Tools.uds(), box.resolve("limit.sock"), type.rawValue, io, "\(Self.limit)", "\(Self.clients)",
         ])
         let run = try await box.run(script, timeout: .seconds(150))
         #expect(run.termination == .exited(0), "\(run.transcript)")

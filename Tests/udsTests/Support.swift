@@ -500,6 +500,8 @@ enum IOModel: String, Sendable, CaseIterable, CustomStringConvertible {
     case async
     /// A thread per connection.
     case threads
+    /// Readiness handlers on the loop: no task per connection.
+    case handlers
 
     var options: [String] { ["--io", rawValue] }
     var description: String { "--io \(rawValue)" }
