@@ -46,7 +46,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "Benchmarks")
 BIN = os.path.join(BENCH, ".build", "bin")
 
-SERVERS = ["c", "udskit", "udskit-global", "udskit-threads", "nio", "go", "python"]
+# Servers whose threads the scheduler places: several loops on all CPUs.
+UNPINNED = {"udskit-2loops"}
+SERVERS = ["c", "udskit", "udskit-handlers", "udskit-2loops", "udskit-global", "udskit-threads", "nio", "go", "python"]
 CLIENTS = ["c", "uds"]
 
 
@@ -116,6 +118,10 @@ def build(servers, clients):
         "c": [echo_epoll, "{path}"],
         "udskit": [uds, "echo-server", "{path}", "--quiet"],
         "udskit-threads": [uds, "echo-server", "{path}", "--quiet", "--io", "threads"],
+        # Readiness handlers on the loop: no task per connection, no task switch.
+        "udskit-handlers": [uds, "echo-server", "{path}", "--quiet", "--io", "handlers"],
+        # Two event loops (unpinned threads), connections spread over them.
+        "udskit-2loops": [uds, "echo-server", "{path}", "--quiet", "--loops", "2"],
         # The same async server with its connection tasks on Swift's global
         # executor: every wake-up is a hop from the loop thread to the pool.
         "udskit-global": [uds, "echo-server", "{path}", "--quiet", "--executor", "global"],
@@ -264,9 +270,13 @@ def main():
 def run_server(server, command, rep, cases, clients, binaries, workdir, args, log):
     path = os.path.join(workdir, f"{server}.sock")
     env = dict(os.environ, GOMAXPROCS="1") if server == "go" else None
+    # A server with more than one loop is left unpinned (the scheduler places
+    # its threads), except where a case puts everything on one core.
+    unpinned = server in UNPINNED
+    server_cpus = sorted(os.sched_getaffinity(0)) if unpinned else [args.server_cpu]
     with open(os.path.join(workdir, f"{server}.log"), "w") as errors:
         process = subprocess.Popen([part.format(path=path) for part in command], env=env, stdout=subprocess.DEVNULL,
-                                   stderr=errors, preexec_fn=pinned_to([args.server_cpu]))
+                                   stderr=errors, preexec_fn=pinned_to(server_cpus))
     results = []
     try:
         try:
@@ -279,7 +289,8 @@ def run_server(server, command, rep, cases, clients, binaries, workdir, args, lo
                     for case in cases for client in clients]
         for case in cases:
             cpus = args.client_cpu[:1] if case.same_core else args.client_cpu
-            pin_process(process.pid, cpus[0] if case.same_core else args.server_cpu)
+            if case.same_core or not unpinned:
+                pin_process(process.pid, cpus[0] if case.same_core else args.server_cpu)
             for client in clients:
                 for _ in range(case.transfers):
                     outcome = run_client(client, binaries, path, process.pid, case, cpus, args)
