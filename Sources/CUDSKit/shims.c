@@ -128,3 +128,66 @@ fail:
     close(fds[1]);
     return -1;
 }
+
+// Peer identity beyond SO_PEERCRED (Linux): supplementary groups, the LSM
+// label, and a pidfd. Each returns -1 with errno set where the kernel or the
+// platform has none (ENOPROTOOPT, ENOTSUP).
+#if defined(__linux__)
+#include <sys/syscall.h>
+#ifndef SO_PEERGROUPS
+#define SO_PEERGROUPS 59
+#endif
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+#endif
+
+int cudskit_peer_groups(int fd, gid_t *groups, int capacity) {
+#if defined(__linux__)
+    socklen_t length = (socklen_t)(capacity * (int)sizeof(gid_t));
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &length) != 0) {
+        // Too small: the kernel says how much room it needs.
+        if (errno == ERANGE) return -(int)(length / sizeof(gid_t)) - 2;
+        return -1;
+    }
+    return (int)(length / sizeof(gid_t));
+#else
+    (void)fd; (void)groups; (void)capacity;
+    errno = ENOTSUP;
+    return -1;
+#endif
+}
+
+int cudskit_peer_security_label(int fd, char *label, int capacity) {
+#if defined(__linux__)
+    socklen_t length = (socklen_t)capacity;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERSEC, label, &length) != 0) return -1;
+    return (int)length;
+#else
+    (void)fd; (void)label; (void)capacity;
+    errno = ENOTSUP;
+    return -1;
+#endif
+}
+
+int cudskit_peer_pidfd(int fd) {
+#if defined(__linux__)
+    int pidfd = -1;
+    socklen_t length = sizeof(pidfd);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &length) != 0) return -1;
+    return pidfd;
+#else
+    (void)fd;
+    errno = ENOTSUP;
+    return -1;
+#endif
+}
+
+int cudskit_pidfd_is_alive(int pidfd) {
+#if defined(__linux__) && defined(SYS_pidfd_send_signal)
+    return syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) == 0 ? 1 : 0;
+#else
+    (void)pidfd;
+    return 0;
+#endif
+}

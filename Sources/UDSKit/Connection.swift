@@ -156,6 +156,13 @@ public final class Connection: Sendable {
         return try handle.peerCredentials()
     }
 
+    /// The peer process by pidfd (Unix sockets, Linux 6.5+); see
+    /// ``StreamSocket/peerProcess()``.
+    public func peerProcess() throws(SocketError) -> PeerProcess {
+        guard !isTCP else { throw handle.error("getsockopt(SO_PEERPIDFD)", code: .invalidArgument("TCP connections carry no peer process")) }
+        return try handle.peerProcess()
+    }
+
     /// Closes the connection, once; later calls do nothing.
     public func close() throws(SocketError) { try handle.close() }
 

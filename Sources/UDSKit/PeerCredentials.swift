@@ -1,3 +1,5 @@
+import SystemPackage
+
 /// Who is on the other end of a Unix socket, as the kernel vouches for it.
 ///
 /// For a connection these are the peer's credentials when it called `connect`
@@ -5,21 +7,44 @@
 /// For a datagram they are the sender's at the time of sending (Linux
 /// `SCM_CREDENTIALS`, see ``DatagramSocket/setReceivesCredentials(_:)``).
 public struct PeerCredentials: Hashable, Sendable, CustomStringConvertible {
-    /// The process ID; `nil` where the platform cannot tell.
+    /// The process ID; `nil` where the platform cannot tell. A pid can be
+    /// reused once the process exits: ``StreamSocket/peerProcess()`` gives a
+    /// handle that cannot be confused with a later process.
     public var processID: Int32?
     public var userID: UInt32
-    /// The primary group ID. Supplementary groups are not reported.
+    /// The primary group ID.
     public var groupID: UInt32
+    /// The supplementary groups, where the kernel reports them (Linux
+    /// `SO_PEERGROUPS`, for connections); `nil` otherwise.
+    public var supplementaryGroups: [UInt32]?
+    /// The security label (Linux `SO_PEERSEC`: SELinux, AppArmor, Smack);
+    /// `nil` without a security module, or for datagrams.
+    public var securityLabel: String?
 
-    public init(processID: Int32?, userID: UInt32, groupID: UInt32) {
+    public init(
+        processID: Int32?, userID: UInt32, groupID: UInt32, supplementaryGroups: [UInt32]? = nil,
+        securityLabel: String? = nil
+    ) {
         self.processID = processID
         self.userID = userID
         self.groupID = groupID
+        self.supplementaryGroups = supplementaryGroups
+        self.securityLabel = securityLabel
     }
 
-    /// `pid=1234 uid=1000 gid=1000`
+    /// Whether `group` is the primary group or one of the supplementary ones.
+    public func isMember(of group: UInt32) -> Bool {
+        groupID == group || supplementaryGroups?.contains(group) == true
+    }
+
+    /// `pid=1234 uid=1000 gid=1000`, then `groups=27,100` and `label=...` when known.
     public var description: String {
-        "pid=\(processID.map(String.init) ?? "?") uid=\(userID) gid=\(groupID)"
+        var text = "pid=\(processID.map(String.init) ?? "?") uid=\(userID) gid=\(groupID)"
+        if let supplementaryGroups, !supplementaryGroups.isEmpty {
+            text += " groups=" + supplementaryGroups.map(String.init).joined(separator: ",")
+        }
+        if let securityLabel { text += " label=\(securityLabel)" }
+        return text
     }
 }
 
@@ -53,18 +78,51 @@ public struct AccessPolicy: Sendable {
         self.onRefusal = onRefusal
     }
 
-    /// Admits peers whose user ID is in `userIDs` or whose primary group ID is in `groupIDs`.
+    /// Admits peers whose user ID is in `userIDs` or who belong to a group in
+    /// `groupIDs`, as primary or supplementary group (the usual way into a
+    /// `docker`-style group; supplementary groups are known on Linux).
     public static func users(
         _ userIDs: Set<UInt32>, groups groupIDs: Set<UInt32> = [],
         onRefusal: (@Sendable (PeerCredentials) -> Void)? = nil
     ) -> AccessPolicy {
-        AccessPolicy({ userIDs.contains($0.userID) || groupIDs.contains($0.groupID) }, onRefusal: onRefusal)
+        AccessPolicy({ credentials in
+            userIDs.contains(credentials.userID) || groupIDs.contains { credentials.isMember(of: $0) }
+        }, onRefusal: onRefusal)
     }
 
-    /// Admits peers whose primary group ID is in `groupIDs`.
+    /// Admits peers that belong to a group in `groupIDs`, as primary or supplementary group.
     public static func groups(
         _ groupIDs: Set<UInt32>, onRefusal: (@Sendable (PeerCredentials) -> Void)? = nil
     ) -> AccessPolicy {
         users([], groups: groupIDs, onRefusal: onRefusal)
+    }
+}
+
+/// The process on the other end of a connection, held by a pidfd (Linux
+/// `SO_PEERPIDFD`, 6.5+): unlike a pid, it names that very process, never a
+/// later one that reused the number. Closes its descriptor when it goes away.
+public final class PeerProcess: Sendable {
+    /// The pidfd. Owned here: use it (with `pidfd_send_signal`, `poll` for the
+    /// process's exit), do not close it.
+    public let descriptor: FileDescriptor
+    /// The process ID the pidfd refers to, as the kernel reports it.
+    public let processID: Int32
+
+    init(descriptor: FileDescriptor, processID: Int32) {
+        self.descriptor = descriptor
+        self.processID = processID
+    }
+
+    deinit { _ = Sys.close(descriptor.rawValue) }
+
+    /// Whether the process still runs.
+    public var isRunning: Bool { Sys.processIsAlive(pidfd: descriptor.rawValue) }
+
+    /// The command name (`/proc/PID/comm`), read only while the pidfd shows the
+    /// process still runs, so that it is this process's and not a successor's;
+    /// `nil` once it has exited.
+    public var commandName: String? {
+        guard isRunning, let name = Sys.commandName(of: processID), isRunning else { return nil }
+        return name
     }
 }

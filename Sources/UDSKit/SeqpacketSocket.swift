@@ -125,6 +125,10 @@ public final class SeqpacketSocket: Sendable {
         try handle.peerCredentials()
     }
 
+    /// The peer process by pidfd (Linux 6.5+ `SO_PEERPIDFD`): it cannot be
+    /// confused with a later process that reused the pid. `.unsupported` elsewhere.
+    public func peerProcess() throws(SocketError) -> PeerProcess { try handle.peerProcess() }
+
     /// Sends one message with `descriptors` attached (`SCM_RIGHTS`).
     /// - Throws: `.invalidArgument` for an empty message, `.tooManyDescriptors` past 253.
     @discardableResult

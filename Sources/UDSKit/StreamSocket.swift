@@ -123,6 +123,10 @@ public final class StreamSocket: Sendable {
         try handle.peerCredentials()
     }
 
+    /// The peer process by pidfd (Linux 6.5+ `SO_PEERPIDFD`): it cannot be
+    /// confused with a later process that reused the pid. `.unsupported` elsewhere.
+    public func peerProcess() throws(SocketError) -> PeerProcess { try handle.peerProcess() }
+
     /// Writes every byte of `buffer`, with `descriptors` riding on the first
     /// bytes (`SCM_RIGHTS`). The descriptors stay open here; the peer gets
     /// its own copies.

@@ -98,7 +98,9 @@ private func echo(
         transcript.closed(id)
     }
     connection.keepsIncomingDescriptors = false
-    transcript.connected(peer, client: id, credentials: showPeer ? { try? connection.peerCredentials() } : nil)
+    transcript.connected(
+        peer, client: id,
+        identity: showPeer ? { PeerIdentity(credentials: try? connection.peerCredentials(), process: try? connection.peerProcess()) } : nil)
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 1)
     defer { buffer.deallocate() }
     do {
@@ -131,7 +133,9 @@ private func echo(
     }
     // An echo server has no use for descriptors a client sends: plain recv.
     connection.keepsIncomingDescriptors = false
-    transcript.connected(peer, client: id, credentials: showPeer ? { try? connection.peerCredentials() } : nil)
+    transcript.connected(
+        peer, client: id,
+        identity: showPeer ? { PeerIdentity(credentials: try? connection.peerCredentials(), process: try? connection.peerProcess()) } : nil)
     do {
         while true {
             try await connection.readable()

@@ -48,7 +48,7 @@ struct EchoServer: ParsableCommand {
     @Option(name: .customLong("allow-uid"), help: "Admit only peers with this user ID (repeatable; with --allow-gid, either may match).")
     var allowedUserIDs: [UInt32] = []
 
-    @Option(name: .customLong("allow-gid"), help: "Admit only peers with this primary group ID (repeatable).")
+    @Option(name: .customLong("allow-gid"), help: "Admit only peers in this group, primary or supplementary (repeatable).")
     var allowedGroupIDs: [UInt32] = []
 
     @Flag(help: "Print each client's pid, uid and gid (and on Linux its command name).")
@@ -290,6 +290,7 @@ protocol EchoConnection: Sendable {
     func receive(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> (count: Int, truncated: Bool)
     func sendAll(_ buffer: UnsafeRawBufferPointer) throws(SocketError)
     func peerCredentials() -> PeerCredentials?
+    func peerProcess() -> PeerProcess?
     func close()
 }
 
@@ -300,6 +301,7 @@ struct StreamEchoConnection: EchoConnection {
     }
     func sendAll(_ buffer: UnsafeRawBufferPointer) throws(SocketError) { try socket.writeAll(buffer) }
     func peerCredentials() -> PeerCredentials? { try? socket.peerCredentials() }
+    func peerProcess() -> PeerProcess? { try? socket.peerProcess() }
     func close() { try? socket.close() }
 }
 
@@ -311,6 +313,7 @@ struct SeqpacketEchoConnection: EchoConnection {
     }
     func sendAll(_ buffer: UnsafeRawBufferPointer) throws(SocketError) { try socket.send(buffer) }
     func peerCredentials() -> PeerCredentials? { try? socket.peerCredentials() }
+    func peerProcess() -> PeerProcess? { try? socket.peerProcess() }
     func close() { try? socket.close() }
 }
 
@@ -322,7 +325,9 @@ private func echo(
         connection.close()
         transcript.closed(id)
     }
-    transcript.connected(peer, client: id, credentials: showPeer ? { connection.peerCredentials() } : nil)
+    transcript.connected(
+        peer, client: id,
+        identity: showPeer ? { PeerIdentity(credentials: connection.peerCredentials(), process: connection.peerProcess()) } : nil)
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 1)
     defer { buffer.deallocate() }
     do {
@@ -348,16 +353,28 @@ private func echo(
 
 /// `pid=1234 uid=1000 gid=1000 command=python3`: the command name only on
 /// Linux, where /proc tells it.
-func describe(_ credentials: PeerCredentials) -> String {
+func describe(_ credentials: PeerCredentials, process: PeerProcess? = nil) -> String {
     var text = credentials.description
+    // Through the pidfd where there is one: the name is that process's, not
+    // a successor's that reused the pid.
+    if let name = process?.commandName {
+        text += " command=" + name
+        return text
+    }
     #if os(Linux)
-    if let pid = credentials.processID,
+    if process == nil, let pid = credentials.processID,
         let name = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)
     {
         text += " command=" + name.trimmingCharacters(in: .newlines)
     }
     #endif
     return text
+}
+
+/// What --show-peer prints: the kernel's credentials and the peer process.
+struct PeerIdentity {
+    var credentials: PeerCredentials?
+    var process: PeerProcess?
 }
 
 extension UnixAddress {
@@ -465,10 +482,11 @@ final class Transcript: Sendable {
     }
 
     /// The classic `connection from` line and, with --show-peer, who it is.
-    func connected(_ peer: UnixAddress, client: Int, credentials: (() -> PeerCredentials?)?) {
+    func connected(_ peer: UnixAddress, client: Int, identity: (() -> PeerIdentity)?) {
         say("connection from \(peer.classicText)", client: client)
-        if let credentials {
-            say("peer \(credentials().map(describe) ?? "credentials unavailable")", client: client)
+        if let identity {
+            let peer = identity()
+            say("peer \(peer.credentials.map { describe($0, process: peer.process) } ?? "credentials unavailable")", client: client)
         }
     }
 

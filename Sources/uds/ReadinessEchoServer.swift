@@ -29,7 +29,9 @@ extension EchoServer {
                 transcript.opened(id)
                 let session = EchoSession(
                     connection: connection, peer: peer, id: id, chunk: chunk, transcript: transcript)
-                transcript.connected(peer, client: id, credentials: showPeer ? { try? connection.peerCredentials() } : nil)
+                transcript.connected(
+        peer, client: id,
+        identity: showPeer ? { PeerIdentity(credentials: try? connection.peerCredentials(), process: try? connection.peerProcess()) } : nil)
                 // The handler is set on the connection's own loop thread.
                 if connection.eventLoop.inEventLoop {
                     session.start()

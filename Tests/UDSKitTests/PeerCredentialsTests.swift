@@ -134,6 +134,11 @@ func eventually(timeout: Duration = .seconds(10), _ condition: () -> Bool) -> Bo
     return true
 }
 
+extension PeerCredentials {
+    /// Only what SO_PEERCRED reports: to compare with ``ourCredentials``.
+    var pidUidGid: PeerCredentials { PeerCredentials(processID: processID, userID: userID, groupID: groupID) }
+}
+
 /// This process, as a peer sees it.
 var ourCredentials: PeerCredentials {
     PeerCredentials(processID: getpid(), userID: getuid(), groupID: getgid())
@@ -166,14 +171,14 @@ struct PeerCredentialsTests {
 
     @Test func streamPairReportsThisProcessOnBothEnds() throws {
         let (first, second) = try StreamSocket.makePair()
-        #expect(try first.peerCredentials() == ourCredentials)
-        #expect(try second.peerCredentials() == ourCredentials)
+        #expect(try first.peerCredentials().pidUidGid == ourCredentials)
+        #expect(try second.peerCredentials().pidUidGid == ourCredentials)
     }
 
     @Test func seqpacketPairReportsThisProcessOnBothEnds() throws {
         let (first, second) = try SeqpacketSocket.makePair()
-        #expect(try first.peerCredentials() == ourCredentials)
-        #expect(try second.peerCredentials() == ourCredentials)
+        #expect(try first.peerCredentials().pidUidGid == ourCredentials)
+        #expect(try second.peerCredentials().pidUidGid == ourCredentials)
     }
 
     @Test func streamListenerAndClientSeeEachOther() throws {
@@ -181,8 +186,8 @@ struct PeerCredentialsTests {
             let listener = try StreamListener.bind(to: directory.address("creds.sock"))
             let client = try StreamSocket.connect(to: listener.address)
             let (server, _) = try listener.accept()
-            #expect(try client.peerCredentials() == ourCredentials)
-            #expect(try server.peerCredentials() == ourCredentials)
+            #expect(try client.peerCredentials().pidUidGid == ourCredentials)
+            #expect(try server.peerCredentials().pidUidGid == ourCredentials)
         }
     }
 
@@ -190,8 +195,8 @@ struct PeerCredentialsTests {
         let listener = try SeqpacketListener.bind(to: uniqueAbstractAddress("creds"))
         let client = try SeqpacketSocket.connect(to: listener.address)
         let (server, _) = try listener.accept()
-        #expect(try client.peerCredentials() == ourCredentials)
-        #expect(try server.peerCredentials() == ourCredentials)
+        #expect(try client.peerCredentials().pidUidGid == ourCredentials)
+        #expect(try server.peerCredentials().pidUidGid == ourCredentials)
     }
 
     @Test func peerCredentialsOfAClosedSocketFailWithClosed() throws {
@@ -267,7 +272,7 @@ struct PeerCredentialsTests {
                 in: directory)
             let (connection, _) = try acceptWithin(listener, peer: child)
             #expect(
-                try connection.peerCredentials()
+                try connection.peerCredentials().pidUidGid
                     == PeerCredentials(processID: child.pid, userID: otherUserID, groupID: otherGroupID),
                 "\(child.transcript)")
             try connection.writeAll([1])
@@ -431,7 +436,7 @@ struct PeerCredentialsTests {
     private func expectAdmitted(_ listener: StreamListener, sourceLocation: SourceLocation = #_sourceLocation) throws {
         let client = try StreamSocket.connect(to: listener.address)
         let (server, _) = try acceptWithin(listener)
-        #expect(try server.peerCredentials() == ourCredentials, sourceLocation: sourceLocation)
+        #expect(try server.peerCredentials().pidUidGid == ourCredentials, sourceLocation: sourceLocation)
         try client.writeAll(Array("ping".utf8))
         #expect(try server.readExactly(4) == Array("ping".utf8), sourceLocation: sourceLocation)
         try server.writeAll(Array("pong".utf8))
@@ -456,7 +461,7 @@ struct PeerCredentialsTests {
         let client = try StreamSocket.connect(to: listener.address)
         #expect(refusals.waitFor(count: 1), "onRefusal was not called", sourceLocation: sourceLocation)
         seesConnectionClosed(client, sourceLocation: sourceLocation)
-        #expect(refusals.all == [ourCredentials], sourceLocation: sourceLocation)
+        #expect(refusals.all.map(\.pidUidGid) == [ourCredentials], sourceLocation: sourceLocation)
         pause(.milliseconds(50))
         #expect(!returned.isSet, "accept() returned a refused peer", sourceLocation: sourceLocation)
         try listener.close()
@@ -514,7 +519,7 @@ struct PeerCredentialsTests {
                 return credentials.processID == getpid()
             })
         try expectAdmitted(listener)
-        #expect(seen.all == [ourCredentials])
+        #expect(seen.all.map(\.pidUidGid) == [ourCredentials])
 
         let address = try uniqueAbstractAddress("predicate-no")
         try expectRefused({ try StreamListener.bind(to: address, admitting: $0) }) { handler in
@@ -541,7 +546,7 @@ struct PeerCredentialsTests {
             let firstAddress = try directory.address("first.sock")
             let first = try StreamSocket.connect(to: listener.address, from: firstAddress)
             #expect(refusals.waitFor(count: 1), "the first peer was not refused")
-            #expect(refusals.all == [ourCredentials])
+            #expect(refusals.all.map(\.pidUidGid) == [ourCredentials])
             seesConnectionClosed(first)
             pause(.milliseconds(50))
             #expect(!returned.isSet, "accept() returned after refusing the only peer")
@@ -569,7 +574,7 @@ struct PeerCredentialsTests {
         let refused = try (0..<5).map { _ in try StreamSocket.connect(to: listener.address) }
         let admitted = try StreamSocket.connect(to: listener.address)
         let (connection, _) = try acceptWithin(listener)
-        #expect(refusals.all == Array(repeating: ourCredentials, count: 5))
+        #expect(refusals.all.map(\.pidUidGid) == Array(repeating: ourCredentials, count: 5))
         for client in refused { seesConnectionClosed(client) }
         try admitted.writeAll([42])
         #expect(try connection.readExactly(1) == [42])
@@ -584,7 +589,7 @@ struct PeerCredentialsTests {
         let first = try SeqpacketSocket.connect(to: listener.address)
         let second = try SeqpacketSocket.connect(to: listener.address)
         let (connection, _) = try listener.accept()
-        #expect(refusals.all == [ourCredentials])
+        #expect(refusals.all.map(\.pidUidGid) == [ourCredentials])
         try first.setReadTimeout(.seconds(10))
         let (bytes, receipt) = try first.receive()
         #expect(bytes.isEmpty && !receipt.isTruncated, "the refused seqpacket peer should see the end")
@@ -621,11 +626,11 @@ struct PeerCredentialsTests {
             try child.expectSuccess()
             #expect(["eof\n", "reset\n"].contains(child.output), "\(child.transcript)")
             #expect(refusals.waitFor(count: 1))
-            #expect(refusals.all == [PeerCredentials(processID: child.pid, userID: otherUserID, groupID: otherGroupID)])
+            #expect(refusals.all.map(\.pidUidGid) == [PeerCredentials(processID: child.pid, userID: otherUserID, groupID: otherGroupID)])
         }
         let client = try StreamSocket.connect(to: listener.address)
         let (connection, _) = try accepting.join()
-        #expect(try connection.peerCredentials() == ourCredentials)
+        #expect(try connection.peerCredentials().pidUidGid == ourCredentials)
         try client.writeAll([7])
         #expect(try connection.readExactly(1) == [7])
     }

@@ -117,13 +117,22 @@ struct SocketFilePermissionsTests {
         }
     }
 
-    /// Owner and group only apply to paths: an abstract name binds as usual.
-    @Test func abstractNamesIgnoreOwnerAndGroup() throws {
-        let listener = try StreamListener.bind(
-            to: uniqueAbstractAddress("perm"), options: BindOptions(permissions: [.ownerReadWrite], owner: otherUserID, group: otherGroupID))
-        let client = try StreamSocket.connect(to: listener.address)
-        _ = try listener.accept()
-        try client.close()
+    /// Mode, owner and group only apply to paths: on an abstract name they
+    /// would be silently ignored, so bind refuses them and says what to use.
+    @Test(arguments: [
+        BindOptions(permissions: [.ownerReadWrite]), BindOptions(owner: otherUserID), BindOptions(group: otherGroupID),
+    ])
+    func abstractNamesRefuseModeOwnerAndGroup(options: BindOptions) throws {
+        let error = socketError { try StreamListener.bind(to: uniqueAbstractAddress("perm"), options: options) }
+        guard case .invalidArgument(let why)? = error?.code else {
+            Issue.record("expected .invalidArgument, got \(String(describing: error))")
+            return
+        }
+        #expect(why.contains("access policy"))
+        #expect(error?.operation == "bind")
+        // Without them, the name binds as usual.
+        let listener = try StreamListener.bind(to: uniqueAbstractAddress("perm"))
+        try listener.close()
     }
 
     /// What the file's mode, owner and group mean in practice: a child process

@@ -30,6 +30,17 @@ extern const int cudskit_msg_cmsg_cloexec;
 void cudskit_read_ucred(const void *data, pid_t *pid, uid_t *uid, gid_t *gid);
 size_t cudskit_ucred_size(void);
 
+// The peer's supplementary groups (Linux SO_PEERGROUPS): how many were
+// written; -1 with errno; or, when `capacity` is too small, -(needed) - 2.
+int cudskit_peer_groups(int fd, gid_t *groups, int capacity);
+// The peer's security label (Linux SO_PEERSEC), not NUL-terminated: its length,
+// or -1 with errno (ENOPROTOOPT without a security module).
+int cudskit_peer_security_label(int fd, char *label, int capacity);
+// A pidfd for the peer process (Linux SO_PEERPIDFD, 6.5+), close-on-exec, or -1.
+int cudskit_peer_pidfd(int fd);
+// 1 if the process a pidfd refers to still runs (pidfd_send_signal with 0).
+int cudskit_pidfd_is_alive(int pidfd);
+
 // Installs a handler for each of `signals` that writes the signal's number,
 // as one byte, to a pipe; returns the pipe's read end (blocking,
 // close-on-exec), or -1 with errno set. For programs (the CLI), never the

@@ -248,6 +248,10 @@ public final class AsyncSeqpacketSocket: Sendable {
     /// The peer's process, user and group IDs.
     public func peerCredentials() throws(SocketError) -> PeerCredentials { try core.handle.peerCredentials() }
 
+    /// The peer process by pidfd (Linux 6.5+ `SO_PEERPIDFD`): it cannot be
+    /// confused with a later process that reused the pid. `.unsupported` elsewhere.
+    public func peerProcess() throws(SocketError) -> PeerProcess { try core.handle.peerProcess() }
+
     /// The loop that watches this socket: the executor its tasks should prefer.
     public var eventLoop: EventLoop { core.registration.loop }
 

@@ -232,6 +232,10 @@ public final class AsyncStreamSocket: Sendable {
     /// The peer's process, user and group IDs.
     public func peerCredentials() throws(SocketError) -> PeerCredentials { try core.handle.peerCredentials() }
 
+    /// The peer process by pidfd (Linux 6.5+ `SO_PEERPIDFD`): it cannot be
+    /// confused with a later process that reused the pid. `.unsupported` elsewhere.
+    public func peerProcess() throws(SocketError) -> PeerProcess { try core.handle.peerProcess() }
+
     /// This side's address.
     public func localAddress() throws(SocketError) -> UnixAddress { try core.handle.localAddress() }
 

@@ -78,6 +78,11 @@ enum Binding {
         }
         handle.currentLabel = shown
         let handsOver = options.owner != nil || options.group != nil
+        // An abstract name has no file: a mode or owner would be silently ignored.
+        if address.kind == .abstract && (options.permissions != nil || handsOver) {
+            throw failure(.invalidArgument(
+                "an abstract name has no file, so no mode, owner or group; admit peers with an access policy instead"))
+        }
         let finalMode = options.permissions ?? (handsOver ? [.ownerReadWrite, .groupReadWrite] : nil)
         if let finalMode, address.kind == .path {
             // While the file still belongs to us, only we may use it.

@@ -326,7 +326,25 @@ extension SocketHandle {
     /// The peer's credentials. The corresponding C call is `getsockopt(SO_PEERCRED)`
     /// on Linux, `getpeereid` and `LOCAL_PEERPID` on Darwin.
     func peerCredentials() throws(SocketError) -> PeerCredentials {
-        try call("getpeercred") { Sys.peerCredentials($0) }
+        var credentials = try call("getpeercred") { Sys.peerCredentials($0) }
+        // Where the kernel has them; their absence is not an error.
+        credentials.supplementaryGroups = try? call("getsockopt(SO_PEERGROUPS)") { Sys.peerGroups($0) }
+        credentials.securityLabel = (try? call("getsockopt(SO_PEERSEC)") { Sys.peerSecurityLabel($0) }) ?? nil
+        return credentials
+    }
+
+    /// The peer process, by pidfd (Linux 6.5+).
+    func peerProcess() throws(SocketError) -> PeerProcess {
+        #if os(Linux)
+        let pidfd = try call("getsockopt(SO_PEERPIDFD)") { Sys.peerProcessDescriptor($0) }
+        guard let pid = Sys.processID(ofPidfd: pidfd) else {
+            _ = Sys.close(pidfd)
+            throw error("getsockopt(SO_PEERPIDFD)", code: .unsupported("reading a pidfd's process is"))
+        }
+        return PeerProcess(descriptor: FileDescriptor(rawValue: pidfd), processID: pid)
+        #else
+        throw error("getsockopt(SO_PEERPIDFD)", code: .unsupported("pidfds are"))
+        #endif
     }
 
     func setReceivesCredentials(_ on: Bool) throws(SocketError) {

@@ -367,6 +367,62 @@ enum Sys {
         }
     }
 
+    /// The peer's supplementary groups (Linux `SO_PEERGROUPS`).
+    static func peerGroups(_ fd: CInt) -> Result<[UInt32], Errno> {
+        var capacity = 64
+        while true {
+            var groups = [gid_t](repeating: 0, count: capacity)
+            let count = groups.withUnsafeMutableBufferPointer { cudskit_peer_groups(fd, $0.baseAddress, CInt(capacity)) }
+            if count >= 0 { return .success(groups.prefix(Int(count)).map { UInt32($0) }) }
+            if count == -1 { return .failure(Errno(rawValue: errno)) }
+            capacity = Int(-count - 2)
+        }
+    }
+
+    /// The peer's security label (Linux `SO_PEERSEC`), or `nil` without a security module.
+    static func peerSecurityLabel(_ fd: CInt) -> Result<String?, Errno> {
+        var label = [CChar](repeating: 0, count: 4096)
+        let length = label.withUnsafeMutableBufferPointer { cudskit_peer_security_label(fd, $0.baseAddress, 4096) }
+        if length < 0 {
+            let error = Errno(rawValue: errno)
+            return error == .protocolNotAvailable || error == .notSupported ? .success(nil) : .failure(error)
+        }
+        let bytes = label.prefix(Int(length)).map { UInt8(bitPattern: $0) }.prefix { $0 != 0 }
+        return .success(bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self))
+    }
+
+    /// A pidfd for the peer process (Linux `SO_PEERPIDFD`).
+    static func peerProcessDescriptor(_ fd: CInt) -> Result<CInt, Errno> {
+        valueOrErrno { cudskit_peer_pidfd(fd) }
+    }
+
+    static func processIsAlive(pidfd: CInt) -> Bool { cudskit_pidfd_is_alive(pidfd) == 1 }
+
+    /// The pid a pidfd refers to: the `Pid:` line of /proc/self/fdinfo (Linux).
+    static func processID(ofPidfd pidfd: CInt) -> Int32? {
+        guard let text = readSmallFile("/proc/self/fdinfo/\(pidfd)") else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("Pid:") {
+            return Int32(line.dropFirst(4).trimmingPrefix(while: { $0 == " " || $0 == "\t" }))
+        }
+        return nil
+    }
+
+    /// A process's command name (Linux `/proc/PID/comm`), without the newline.
+    static func commandName(of pid: Int32) -> String? {
+        readSmallFile("/proc/\(pid)/comm").map { String($0.prefix { $0 != "\n" }) }
+    }
+
+    /// The text of a small file (a /proc entry), or `nil`.
+    private static func readSmallFile(_ path: String) -> String? {
+        let fd = path.withCString { open($0, O_RDONLY | O_CLOEXEC) }
+        guard fd >= 0 else { return nil }
+        defer { _ = close(fd) }
+        var bytes = [UInt8](repeating: 0, count: 4096)
+        let count = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        guard count >= 0 else { return nil }
+        return String(decoding: bytes.prefix(count), as: UTF8.self)
+    }
+
     /// Linux `SO_PASSCRED`: each received datagram carries its sender's credentials.
     static func setPassCredentials(_ fd: CInt, _ on: Bool) -> Result<Void, Errno> {
         guard cudskit_so_passcred != 0 else { return .failure(.notSupported) }
