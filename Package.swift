@@ -28,6 +28,7 @@ let package = Package(
             dependencies: [
                 "UDSKit",
                 "CUDSKit",
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],

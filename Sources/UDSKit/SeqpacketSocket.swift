@@ -9,7 +9,7 @@ public final class SeqpacketListener: Sendable {
     /// Which peers ``accept()`` lets through.
     public let accessPolicy: AccessPolicy
 
-    private init(handle: SocketHandle, address: UnixAddress, replacedStaleSocket: Bool, accessPolicy: AccessPolicy) {
+    init(handle: SocketHandle, address: UnixAddress, replacedStaleSocket: Bool, accessPolicy: AccessPolicy) {
         self.handle = handle
         self.address = address
         self.replacedStaleSocket = replacedStaleSocket

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Synchronization
+import SystemPackage
 import UDSKit
 
 struct EchoServer: ParsableCommand {
@@ -72,6 +73,9 @@ struct EchoServer: ParsableCommand {
         case global
     }
 
+    @Option(name: .customLong("activated"), help: "With several sockets passed by a service manager, the name of the one to serve (LISTEN_FDNAMES).")
+    var activatedName: String?
+
     @Option(help: "Event loops for --io async (threads; connections are spread over them). Default: 1.")
     var loops: Int = 1
 
@@ -102,12 +106,34 @@ struct EchoServer: ParsableCommand {
             transcript.reportAcceptRecovery(event)
         }
         let access = accessPolicy
-        transcript.always("starting up on \(address)")
         do {
+            // A socket a service manager passed wins over the address: serve on
+            // it, whatever its type (and never unlink its file).
+            let activated = try ActivatedSockets.take()
+            let passed = activated.sockets.isEmpty ? nil : try activated.take(named: activatedName)
+            func make<Socket>(
+                adopting adopt: (FileDescriptor) throws(SocketError) -> Socket, binding bind: () throws(SocketError) -> Socket
+            ) throws(SocketError) -> Socket {
+                if let passed { try adopt(passed.descriptor) } else { try bind() }
+            }
+            if let passed {
+                transcript.always("starting up on activated socket \(passed.name) (\(passed.address.map(\.description) ?? "unnamed"))")
+            } else {
+                transcript.always("starting up on \(address)")
+            }
+            if let passed, passed.type == "stream", !passed.isListening {
+                // inetd-style (Accept=yes): the one connection, then exit.
+                let connection = try StreamSocket(adopting: passed.descriptor)
+                serveOne(StreamEchoConnection(socket: connection), transcript: transcript)
+                return
+            }
+            let type = passed.map { SocketTypeOption(rawValue: $0.type == "datagram" ? "dgram" : $0.type) ?? self.type } ?? self.type
             let loops: any EventLoopSource = self.loops == 1 ? EventLoop.shared : try EventLoopGroup(loopCount: self.loops)
             switch type {
             case .stream where io != .threads:
-                let listener = try AsyncStreamListener.bind(to: address, options: options, admitting: access, on: loops)
+                let listener = try make(
+                    adopting: { (fd) throws(SocketError) in try AsyncStreamListener(adopting: fd, admitting: access, on: loops) },
+                    binding: { () throws(SocketError) in try AsyncStreamListener.bind(to: address, options: options, admitting: access, on: loops) })
                 announce(replacedStale: listener.replacedStaleSocket, address: self.address)
                 // Exit from the handler, once the socket file is gone: returning
                 // would wait for every connected client to hang up, and the
@@ -125,7 +151,9 @@ struct EchoServer: ParsableCommand {
                 // call exit() alongside the handler's (AddressSanitizer saw a double free).
                 yieldToShutdown()
             case .stream:
-                let listener = try StreamListener.bind(to: address, options: options, admitting: access)
+                let listener = try make(
+                    adopting: { (fd) throws(SocketError) in try StreamListener(adopting: fd, admitting: access) },
+                    binding: { () throws(SocketError) in try StreamListener.bind(to: address, options: options, admitting: access) })
                 try serveConnections(
                     replacedStale: listener.replacedStaleSocket,
                     accept: { () throws(SocketError) in
@@ -134,7 +162,9 @@ struct EchoServer: ParsableCommand {
                     },
                     close: { try? listener.close() }, transcript: transcript)
             case .seqpacket where io == .async:
-                let listener = try AsyncSeqpacketListener.bind(to: address, options: options, admitting: access, on: loops)
+                let listener = try make(
+                    adopting: { (fd) throws(SocketError) in try AsyncSeqpacketListener(adopting: fd, admitting: access, on: loops) },
+                    binding: { () throws(SocketError) in try AsyncSeqpacketListener.bind(to: address, options: options, admitting: access, on: loops) })
                 announce(replacedStale: listener.replacedStaleSocket, address: self.address)
                 ShutdownSignals.install { _ in
                     try? listener.close()
@@ -145,7 +175,9 @@ struct EchoServer: ParsableCommand {
                 // call exit() alongside the handler's (AddressSanitizer saw a double free).
                 yieldToShutdown()
             case .dgram where io == .async:
-                let socket = try AsyncDatagramSocket.bind(to: address, options: options, on: loops.next())
+                let socket = try make(
+                    adopting: { (fd) throws(SocketError) in try AsyncDatagramSocket(adopting: fd, on: loops.next()) },
+                    binding: { () throws(SocketError) in try AsyncDatagramSocket.bind(to: address, options: options, on: loops.next()) })
                 announce(replacedStale: socket.replacedStaleSocket, address: self.address)
                 ShutdownSignals.install { _ in
                     try? socket.close()
@@ -156,7 +188,9 @@ struct EchoServer: ParsableCommand {
                 // call exit() alongside the handler's (AddressSanitizer saw a double free).
                 yieldToShutdown()
             case .seqpacket:
-                let listener = try SeqpacketListener.bind(to: address, options: options, admitting: access)
+                let listener = try make(
+                    adopting: { (fd) throws(SocketError) in try SeqpacketListener(adopting: fd, admitting: access) },
+                    binding: { () throws(SocketError) in try SeqpacketListener.bind(to: address, options: options, admitting: access) })
                 try serveConnections(
                     replacedStale: listener.replacedStaleSocket,
                     accept: { () throws(SocketError) in
@@ -165,7 +199,9 @@ struct EchoServer: ParsableCommand {
                     },
                     close: { try? listener.close() }, transcript: transcript)
             case .dgram:
-                let socket = try DatagramSocket.bind(to: address, options: options)
+                let socket = try make(
+                    adopting: { (fd) throws(SocketError) in try DatagramSocket(adopting: fd) },
+                    binding: { () throws(SocketError) in try DatagramSocket.bind(to: address, options: options) })
                 try serveDatagrams(socket: socket, transcript: transcript)
             }
         } catch {
@@ -186,6 +222,13 @@ struct EchoServer: ParsableCommand {
         if replacedStale {
             Console.standardError.line("uds: removed stale socket file \(address) (nobody was listening)")
         }
+    }
+
+    /// Serves the one connection of inetd-style activation, then returns.
+    private func serveOne(_ connection: any EchoConnection, transcript: Transcript) {
+        ShutdownSignals.install { _ in connection.close() }
+        transcript.opened(1)
+        echo(connection, peer: .unnamed, id: 1, chunk: chunk, showPeer: showPeer, transcript: transcript)
     }
 
     /// Runs `body` as a task on `loop` and waits for it on this thread.

@@ -25,13 +25,23 @@ struct TemporaryDirectory: Sendable {
 /// Runs `body` with a fresh directory made by `mkdtemp`, then removes the
 /// directory and everything in it.
 func withTemporaryDirectory<R>(_ body: (TemporaryDirectory) throws -> R) throws -> R {
+    let directory = try makeTemporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: directory.path) }
+    return try body(directory)
+}
+
+/// `withTemporaryDirectory` for async bodies.
+func withTemporaryDirectoryAsync<R>(_ body: (TemporaryDirectory) async throws -> R) async throws -> R {
+    let directory = try makeTemporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: directory.path) }
+    return try await body(directory)
+}
+
+private func makeTemporaryDirectory() throws -> TemporaryDirectory {
     var template = Array("/tmp/udsk-XXXXXX".utf8CString)
     let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
     guard made != nil else { throw POSIXFailure(call: "mkdtemp", errno: errno) }
-    let directory = TemporaryDirectory(
-        path: String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
-    defer { try? FileManager.default.removeItem(atPath: directory.path) }
-    return try body(directory)
+    return TemporaryDirectory(path: String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
 }
 
 struct POSIXFailure: Error, CustomStringConvertible {

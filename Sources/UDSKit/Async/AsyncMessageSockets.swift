@@ -151,6 +151,13 @@ public final class AsyncSeqpacketListener: Sendable {
             accessPolicy: accessPolicy, replacedStaleSocket: replaced)
     }
 
+    /// A listener around a handle that already listens (adopted).
+    convenience init(adopted handle: SocketHandle, admitting accessPolicy: AccessPolicy, on loops: any EventLoopSource) throws(SocketError) {
+        self.init(
+            core: try AsyncCore(handle: handle, loop: loops.next()), connectionLoops: loops,
+            address: (try? handle.localAddress()) ?? .unnamed, accessPolicy: accessPolicy, replacedStaleSocket: false)
+    }
+
     /// Waits for the next connection the access policy admits. Running out
     /// of descriptors or memory does not end it; see ``BindOptions/onAcceptRecovery``.
     public func accept(timeout: Duration? = nil) async throws -> (connection: AsyncSeqpacketSocket, peer: UnixAddress) {

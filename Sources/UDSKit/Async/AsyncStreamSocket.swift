@@ -41,6 +41,13 @@ public final class AsyncStreamListener: Sendable {
             accessPolicy: accessPolicy)
     }
 
+    /// A listener around a handle that already listens (adopted).
+    convenience init(adopted handle: SocketHandle, admitting accessPolicy: AccessPolicy, on loops: any EventLoopSource) throws(SocketError) {
+        self.init(
+            core: try AsyncCore(handle: handle, loop: loops.next()), connectionLoops: loops,
+            address: (try? handle.localAddress()) ?? .unnamed, replacedStaleSocket: false, accessPolicy: accessPolicy)
+    }
+
     /// Waits for the next connection the access policy admits. Running out
     /// of descriptors or memory does not end it: the listener sheds or pauses
     /// and goes on (see ``BindOptions/onAcceptRecovery``).

@@ -273,6 +273,37 @@ enum Sys {
         getOption(fd, level: CInt(SOL_SOCKET), name: CInt(SO_ERROR), as: CInt.self, initial: 0)
     }
 
+    static let unixFamily = CInt(AF_UNIX)
+
+    /// The address family a socket was made with.
+    static func socketFamily(_ fd: CInt) -> Result<CInt, Errno> {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        return withUnsafeMutablePointer(to: &storage) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
+                nothingOrErrno { getsockname(fd, address, &length) }
+            }
+        }.map { CInt(storage.ss_family) }
+    }
+
+    /// The socket's type, as UDSKit names it; `nil` for a type it does not know.
+    static func socketKind(_ fd: CInt) -> Result<SocketKind?, Errno> {
+        getOption(fd, level: CInt(SOL_SOCKET), name: CInt(SO_TYPE), as: CInt.self, initial: 0).map { type in
+            [SocketKind.stream, .datagram, .seqpacket].first { $0.rawType == type }
+        }
+    }
+
+    /// Whether the socket listens (`SO_ACCEPTCONN`).
+    static func isListening(_ fd: CInt) -> Result<Bool, Errno> {
+        getOption(fd, level: CInt(SOL_SOCKET), name: CInt(SO_ACCEPTCONN), as: CInt.self, initial: 0).map { $0 != 0 }
+    }
+
+    static func setCloseOnExec(_ fd: CInt) -> Result<Void, Errno> {
+        let flags = fcntl(fd, F_GETFD)
+        if flags == -1 { return .failure(Errno(rawValue: errno)) }
+        return nothingOrErrno { fcntl(fd, F_SETFD, flags | FD_CLOEXEC) }
+    }
+
     static func setNonBlocking(_ fd: CInt, _ on: Bool) -> Result<Void, Errno> {
         let flags = fcntl(fd, F_GETFL)
         if flags == -1 { return .failure(Errno(rawValue: errno)) }
@@ -333,6 +364,14 @@ enum Sys {
     }
 
     static var processID: pid_t { getpid() }
+
+    static func environment(_ name: String) -> String? {
+        getenv(name).map { String(cString: $0) }
+    }
+
+    static func unsetEnvironment(_ name: String) {
+        _ = unsetenv(name)
+    }
 
     /// A descriptor that costs nothing to hold: the reserve a listener frees
     /// at the descriptor limit. -1 if it cannot be opened.

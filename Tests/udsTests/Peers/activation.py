@@ -1,0 +1,89 @@
+"""Runs `uds echo-server` under the real activator, systemd-socket-activate,
+and a `uds echo-client` against it; prints one JSON object of what happened.
+
+usage: activation.py UDS ACTIVATOR DIR CASE
+CASE: stream | dgram | seqpacket | accept | named | ambiguous
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+uds, activator, directory, case = sys.argv[1:5]
+
+
+def unblocked():
+    # Children inherit the blocked-signal mask of whoever started us; the
+    # activator must get SIGCHLD to reap its --accept children.
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def start(flags, sockets, extra=()):
+    command = [activator, *flags]
+    for path in sockets:
+        command += ["-l", path]
+    command += [uds, "echo-server", "--quiet", *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=unblocked)
+
+
+def wait_for(path, process):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process.poll() is None:
+        if os.path.exists(path):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def client(path, message, kind="stream"):
+    command = [uds, "echo-client", path, "--message", message]
+    if kind != "stream":
+        command += ["--type", kind]
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=30, preexec_fn=unblocked)
+        return done.returncode, done.stdout.decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        return "timeout", ""
+
+
+def stop(process):
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        out, err = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+    return process.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+result = {"case": case}
+flags = {"dgram": ["--datagram"], "seqpacket": ["--seqpacket"], "accept": ["--accept"]}.get(case, [])
+if case in ("stream", "dgram", "seqpacket"):
+    path = os.path.join(directory, f"{case}.sock")
+    server = start(flags, [path])
+    result["ready"] = wait_for(path, server)
+    result["client"] = client(path, "activated", case)
+    result["exit"], result["stdout"], result["stderr"] = stop(server)
+    result["file_left"] = os.path.exists(path)
+elif case == "accept":
+    path = os.path.join(directory, "inetd.sock")
+    server = start(flags, [path])
+    result["ready"] = wait_for(path, server)
+    result["clients"] = [client(path, f"round {n}") for n in range(2)]
+    result["exit"], result["stdout"], result["stderr"] = stop(server)
+elif case == "named":
+    alpha, beta = os.path.join(directory, "alpha.sock"), os.path.join(directory, "beta.sock")
+    server = start(["--fdname=alpha:beta"], [alpha, beta], ["--activated", "beta"])
+    result["ready"] = wait_for(beta, server)
+    result["client"] = client(beta, "to beta")
+    result["exit"], result["stdout"], result["stderr"] = stop(server)
+elif case == "ambiguous":
+    gamma, delta = os.path.join(directory, "gamma.sock"), os.path.join(directory, "delta.sock")
+    server = start(["--fdname=gamma:delta"], [gamma, delta])
+    result["ready"] = wait_for(gamma, server)
+    result["client"] = client(gamma, "which")
+    result["exit"], result["stdout"], result["stderr"] = stop(server)
+print(json.dumps(result))
