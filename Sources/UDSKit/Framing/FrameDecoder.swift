@@ -130,15 +130,17 @@ final class FrameDecoder {
     /// bytes from `start`: moves the buffered bytes to the front or grows the
     /// buffer (towards `ceiling`, the most a pending frame can need) as it must.
     private func room(for needed: Int, ceiling: Int) -> UnsafeMutableRawBufferPointer {
-        let wanted = min(Self.minimumRead, needed - buffered)
+        // A read should have a useful amount of room, unless the pending
+        // frame can need only a little more.
+        let wanted = min(Self.minimumRead, ceiling - buffered)
         if storage.count - end < wanted || storage.count - start < needed {
             if start > 0 {
                 memmove(storage.baseAddress!, storage.baseAddress! + start, buffered)
                 end = buffered
                 start = 0
             }
-            if storage.count < needed {
-                resize(to: max(needed, min(storage.count * 2, ceiling)))
+            if storage.count < needed || storage.count - end < wanted {
+                resize(to: max(needed, buffered + wanted, min(storage.count * 2, ceiling)))
             }
         }
         return UnsafeMutableRawBufferPointer(rebasing: storage[end...])
