@@ -312,6 +312,33 @@ struct FramingTests {
         #expect(try replies.readFrame() == nil)
     }
 
+    @Test("the decoder cuts the same frames from a stream however it is chunked", arguments: allFormats)
+    func randomChunking(format: FrameFormat) throws {
+        var random = SeededGenerator(seed: 11)
+        let frames = samples(for: format) + (0..<300).map { _ in pattern(Int.random(in: 0...40, using: &random)) }
+            .map { frame in frame.map { $0 == 0 || $0 == 10 ? 0x20 : $0 } }
+        let wire = frames.flatMap { reference($0, format) }
+        for _ in 0..<20 {
+            let decoder = FrameDecoder(format: format)
+            var offset = 0
+            var received: [[UInt8]] = []
+            decoding: while true {
+                switch try decoder.step() {
+                case .frame(let frame):
+                    received.append(frame)
+                case .read(let room):
+                    if offset == wire.count { break decoding }
+                    let count = min(room.count, wire.count - offset, Int.random(in: 1...5000, using: &random))
+                    room.copyBytes(from: wire[offset..<(offset + count)])
+                    offset += count
+                    decoder.didRead(count)
+                }
+            }
+            try decoder.finish()
+            #expect(received == frames)
+        }
+    }
+
     @Test("format names read back as they are written")
     func formatNames() {
         for format in allFormats { #expect(FrameFormat(format.description) == format) }
