@@ -8,6 +8,7 @@
 /// frame at the end fails with `.unexpectedEndOfStream`, and either is final.
 /// One reader should do all the framed reading of its socket, one task at a time.
 public final class AsyncFramedReader: AsyncSequence {
+    /// A frame, without its prefix or delimiter.
     public typealias Element = [UInt8]
 
     private let socket: AsyncStreamSocket
@@ -64,9 +65,11 @@ public final class AsyncFramedReader: AsyncSequence {
     public struct AsyncIterator: AsyncIteratorProtocol {
         let reader: AsyncFramedReader
 
+        /// The next frame; `nil` once the stream ended between frames.
         public mutating func next() async throws -> [UInt8]? { try await reader.readFrame() }
     }
 
+    /// An iterator over the frames; every iterator reads from this reader.
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(reader: self) }
 }
 

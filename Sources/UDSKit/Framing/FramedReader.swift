@@ -98,8 +98,13 @@ extension Connection {
     /// A reader of this connection's frames in `format`; see ``FramedReader``.
     public func frames(_ format: FrameFormat) -> FramedReader { FramedReader(self, format: format) }
 
-    /// Writes `frame` with its length prefix or delimiter; see
-    /// ``StreamSocket/writeFrame(_:format:)-(UnsafeRawBufferPointer,_)``.
+    /// Writes `frame` with its length prefix or delimiter, in one system call
+    /// when the connection takes it all at once.
+    ///
+    /// The corresponding C function is `sendmsg`, with the prefix and the
+    /// frame as two iovecs.
+    /// - Throws: `.frameTooLong` past the format's limit (or what its prefix
+    ///   can count), `.frameContainsDelimiter`, before anything is sent.
     public func writeFrame(_ frame: UnsafeRawBufferPointer, format: FrameFormat) throws(SocketError) {
         try handle.writeFrame(frame, format: format)
     }
