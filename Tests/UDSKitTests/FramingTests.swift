@@ -223,6 +223,44 @@ struct FramingTests {
         #expect(try reader.frames(limited).readFrame() == frame)
     }
 
+    @Test("a prefix beyond any limit is refused without room made for it")
+    func hugePrefix() throws {
+        for (prefix, length) in [([UInt8](repeating: 0xFF, count: 8), nil), ([0x40] + [UInt8](repeating: 0, count: 7), 1 << 62)] {
+            let (writer, reader) = try StreamSocket.makePair()
+            defer { try? writer.close(); try? reader.close() }
+            try writer.writeAll(prefix)
+            let error = #expect(throws: SocketError.self) { try reader.frames(FrameFormat("u64be")!).readFrame() }
+            #expect(error?.code == .frameTooLong(length: length, limit: FrameFormat.defaultMaximumLength))
+        }
+    }
+
+    @Test("a read that times out mid-frame loses nothing: the next call completes the frame", arguments: allFormats)
+    func timeoutMidFrame(format: FrameFormat) async throws {
+        let frame = Array("resumed after a timeout".utf8)
+        let wire = reference(frame, format)
+        let half = wire.count / 2
+
+        let (writer, reader) = try StreamSocket.makePair()
+        defer { try? writer.close(); try? reader.close() }
+        try reader.setReadTimeout(.milliseconds(30))
+        let frameReader = reader.frames(format)
+        try writer.writeAll(wire[..<half])
+        let error = #expect(throws: SocketError.self) { try frameReader.readFrame() }
+        #expect(error?.code == .timedOut)
+        try writer.writeAll(wire[half...])
+        #expect(try frameReader.readFrame() == frame)
+
+        let (asyncWriter, asyncReader) = try AsyncStreamSocket.makePair()
+        defer { try? asyncWriter.close(); try? asyncReader.close() }
+        let frames = asyncReader.frames(format)
+        try await asyncWriter.writeAll(Array(wire[..<half]))
+        await #expect { try await frames.readFrame(timeout: .milliseconds(30)) } throws: {
+            ($0 as? SocketError)?.code == .timedOut
+        }
+        try await asyncWriter.writeAll(Array(wire[half...]))
+        #expect(try await frames.readFrame(timeout: .seconds(5)) == frame)
+    }
+
     @Test("the end of the stream inside a frame is an error; between frames, the end", arguments: allFormats)
     func partialFrameAtTheEnd(format: FrameFormat) async throws {
         let whole = reference(Array("whole".utf8), format)
