@@ -112,6 +112,7 @@ final class FrameDecoder {
         let (sum, overflow) = format.maximumLength.addingReportingOverflow(1)
         let span = overflow ? Int.max : sum
         let searchEnd = min(buffered, span)
+        // memchr is the C library's vectorised search, not a system call.
         if scanned < searchEnd,
             let found = memchr(storage.baseAddress! + start + scanned, CInt(delimiter), searchEnd - scanned)
         {
@@ -135,7 +136,8 @@ final class FrameDecoder {
         let wanted = min(Self.minimumRead, ceiling - buffered)
         if storage.count - end < wanted || storage.count - start < needed {
             if start > 0 {
-                memmove(storage.baseAddress!, storage.baseAddress! + start, buffered)
+                // The regions may overlap; copyMemory allows that.
+                storage.baseAddress!.copyMemory(from: storage.baseAddress! + start, byteCount: buffered)
                 end = buffered
                 start = 0
             }
