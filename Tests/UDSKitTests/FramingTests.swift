@@ -377,6 +377,23 @@ struct FramingTests {
         }
     }
 
+    @Test("a write cut anywhere, inside the prefix or the body, goes on from there", arguments: allFormats)
+    func writeResumesAtEveryOffset(format: FrameFormat) throws {
+        let frame = Array("cut anywhere".utf8)
+        let wire = reference(frame, format)
+        let (writer, reader) = try StreamSocket.makePair()
+        defer { try? writer.close(); try? reader.close() }
+        try frame.withUnsafeBytes { body in
+            let envelope = try FrameEnvelope(format, for: body)
+            #expect(envelope.total == wire.count)
+            for offset in 0..<wire.count {
+                let sent = try envelope.send(writer.descriptor, body, from: offset).get()
+                #expect(sent == wire.count - offset)
+                #expect(try reader.readExactly(sent) == Array(wire[offset...]), "from offset \(offset)")
+            }
+        }
+    }
+
     @Test("format names read back as they are written")
     func formatNames() {
         for format in allFormats { #expect(FrameFormat(format.description) == format) }
