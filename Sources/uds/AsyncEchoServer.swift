@@ -10,7 +10,7 @@ extension EchoServer {
     func serveAsync(_ listener: AsyncStreamListener, transcript: Transcript) async {
         let chunk = self.chunk
         let showPeer = self.showPeer
-        let format = framing.format
+        let format = FrameOptions.format(frame, maxFrame: maxFrame)
         await acceptAsync(listener.accept, on: listener.eventLoop, loopOf: { $0.eventLoop }, transcript: transcript) {
             connection, peer, id in
             if let format {

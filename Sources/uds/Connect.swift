@@ -48,12 +48,17 @@ struct Connect: ParsableCommand {
     @Option(name: .customLong("bind"), help: "dgram: the address to receive answers at (default: an automatic one).")
     var localAddress: String?
 
-    @OptionGroup var framing: FrameOptions
+    @Option(help: FrameOptions.frameHelp)
+    var frame: FrameFormatOption?
+
+    @Option(name: .customLong("max-frame"), parsing: .unconditional, help: FrameOptions.maxFrameHelp)
+    var maxFrame: Int?
 
     func validate() throws {
         try OptionRange.seconds.check("--timeout", timeout)
         try OptionRange.seconds.check("--linger", linger)
-        if framing.frame != nil && type != .stream { throw ValidationError("--frame needs --type stream") }
+        try FrameOptions.check(frame, maxFrame: maxFrame)
+        if frame != nil && type != .stream { throw ValidationError("--frame needs --type stream") }
     }
 
     func run() throws {
@@ -62,7 +67,7 @@ struct Connect: ParsableCommand {
             switch type {
             case .stream:
                 let connection = try Connection.connect(to: endpoint, timeout: timeout?.duration)
-                if let format = framing.format {
+                if let format = FrameOptions.format(frame, maxFrame: maxFrame) {
                     try converse(FramedSession(connection: connection, format: format), lines: true)
                 } else {
                     try converse(StreamSession(connection: connection), lines: false)
@@ -191,12 +196,17 @@ struct Listen: ParsableCommand {
     @Option(parsing: .unconditional, help: "How long input may still be sent after a peer ends its stream; \(OptionRange.seconds.text).")
     var linger: DurationOption = DurationOption(argument: "0.5")!
 
-    @OptionGroup var framing: FrameOptions
+    @Option(help: FrameOptions.frameHelp)
+    var frame: FrameFormatOption?
+
+    @Option(name: .customLong("max-frame"), parsing: .unconditional, help: FrameOptions.maxFrameHelp)
+    var maxFrame: Int?
 
     func validate() throws {
         if type == .dgram { throw ValidationError("for datagrams, use `uds recv ADDRESS`") }
         try OptionRange.seconds.check("--linger", linger)
-        if framing.frame != nil && type != .stream { throw ValidationError("--frame needs --type stream") }
+        try FrameOptions.check(frame, maxFrame: maxFrame)
+        if frame != nil && type != .stream { throw ValidationError("--frame needs --type stream") }
     }
 
     func run() throws {
@@ -209,7 +219,7 @@ struct Listen: ParsableCommand {
             throw ExitCode(64)
         }
         let options = BindOptions(permissions: mode?.permissions)
-        let format = framing.format
+        let format = FrameOptions.format(frame, maxFrame: maxFrame)
         let router = InputRouter(lines: type == .seqpacket || format != nil)
         do {
             let accept: () throws -> any Session

@@ -75,14 +75,19 @@ struct EchoServer: ParsableCommand {
     @Option(help: "Event loops for --io async (threads; connections are spread over them). Default: 1.")
     var loops: Int = 1
 
-    @OptionGroup var framing: FrameOptions
+    @Option(help: FrameOptions.echoFrameHelp)
+    var frame: FrameFormatOption?
+
+    @Option(name: .customLong("max-frame"), parsing: .unconditional, help: FrameOptions.maxFrameHelp)
+    var maxFrame: Int?
 
     func validate() throws {
         try OptionRange.bufferSize.check("--chunk", chunk)
         try OptionRange.eventLoops.check("--loops", loops)
         if loops > 1 && io == .threads { throw ValidationError("--loops needs --io async or handlers") }
         if io == .handlers && type != .stream { throw ValidationError("--io handlers serves stream sockets only") }
-        if framing.frame != nil && (type != .stream || io == .handlers) {
+        try FrameOptions.check(frame, maxFrame: maxFrame)
+        if frame != nil && (type != .stream || io == .handlers) {
             throw ValidationError("--frame needs --type stream and --io async or threads")
         }
         // A datagram server has no connections to check or refuse: never
@@ -234,7 +239,7 @@ struct EchoServer: ParsableCommand {
             transcript.opened(id)
             let chunk = self.chunk
             let showPeer = self.showPeer
-            let format = framing.format
+            let format = FrameOptions.format(frame, maxFrame: maxFrame)
             Thread.detachNewThread {
                 if let format, let stream = connection as? StreamEchoConnection {
                     echoFrames(stream.socket, format: format, peer: peer, id: id, showPeer: showPeer, transcript: transcript)

@@ -10,21 +10,22 @@ enum FrameFormatOption: String, ExpressibleByArgument, CaseIterable {
     case lines, nul, u8, u16be, u16le, u32be, u32le, u64be, u64le
 }
 
-/// The options that choose framing; no `--frame` means a plain byte stream.
-struct FrameOptions: ParsableArguments {
-    @Option(help: "Frame messages over the stream: lines, nul (each ends in \\n or a NUL byte), or a length prefix u8, u16be, u16le, u32be, u32le, u64be or u64le (bits and byte order). Each input line is sent as one frame; each frame received is printed on one line, with bytes other than printable ASCII as \\xNN and a backslash as \\\\.")
-    var frame: FrameFormatOption?
+/// `--frame` and `--max-frame`, as connect, listen and echo-server declare
+/// them (plain options: an option group leaks in the argument parser when
+/// parsing fails, which the sanitizer run reports).
+enum FrameOptions {
+    static let frameHelp = ArgumentHelp("Send and receive messages: lines and nul end each frame with \\n or a NUL byte; u8 to u64le put its length before it (8 to 64 bits, be big-endian, le little-endian). Each input line is sent as one frame; each frame received is printed on one line, with bytes other than printable ASCII as \\xNN and a backslash as \\\\.")
+    static let echoFrameHelp = ArgumentHelp("Echo whole frames (stream, --io async or threads): lines and nul end each frame with \\n or a NUL byte; u8 to u64le put its length before it (8 to 64 bits, be big-endian, le little-endian).")
+    static let maxFrameHelp = ArgumentHelp("With --frame: the longest frame read or sent, \(OptionRange.bufferSize.text) (default 8388608); a longer frame ends the connection with an error.")
 
-    @Option(name: .customLong("max-frame"), parsing: .unconditional, help: "With --frame: the longest frame read or sent, \(OptionRange.bufferSize.text) (default 8388608); a longer frame ends the connection with an error.")
-    var maxFrame: Int?
-
-    func validate() throws {
+    /// Checks the two options together, for `validate()`.
+    static func check(_ frame: FrameFormatOption?, maxFrame: Int?) throws {
         try OptionRange.bufferSize.check("--max-frame", maxFrame)
         if maxFrame != nil && frame == nil { throw ValidationError("--max-frame needs --frame") }
     }
 
     /// The format, or nil for a plain stream.
-    var format: FrameFormat? {
+    static func format(_ frame: FrameFormatOption?, maxFrame: Int?) -> FrameFormat? {
         frame.map { FrameFormat($0.rawValue, maximumLength: maxFrame ?? FrameFormat.defaultMaximumLength)! }
     }
 }
