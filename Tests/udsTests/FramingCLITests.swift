@@ -105,6 +105,19 @@ struct FramingCLITests {
         #expect(server.stdout.lines.contains("received frame back\\\\slash"), "\(server.transcript)")
     }
 
+    @Test("uds echo-server --frame closes a connection that sends an oversize frame, and serves on", arguments: [IOModel.async, .threads])
+    func echoServerRefusesOversize(io: IOModel) async throws {
+        let box = try Sandbox()
+        defer { box.cleanup() }
+        let server = try await box.startEchoServer("./echo.sock", ["--frame", "u32be", "--max-frame", "4000"] + io.options)
+        let peer = try await box.run(try box.python("frame_peer.py", ["connect", "./echo.sock", "u32be", "oversize"]))
+        #expect(peer.stdout.lines == ["closed"], "\(peer.transcript)\n\(server.transcript)")
+        try await server.waitForStderr("the refusal") { $0.contains("frame is 1000000 bytes long; the limit is 4000") }
+        let next = try await box.run(try box.python("frame_peer.py", ["connect", "./echo.sock", "u32be", "talk"]))
+        #expect(lines(next, "got ") == lines(next, "sent "), "another connection is served")
+        #expect(server.isRunning)
+    }
+
     @Test("--frame and --max-frame are checked before any socket exists")
     func validation() async throws {
         let box = try Sandbox()
