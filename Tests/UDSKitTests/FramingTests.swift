@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 import Testing
 @testable import UDSKit
 
@@ -40,22 +41,40 @@ private func samples(for format: FrameFormat) -> [[UInt8]] {
     }
 }
 
-/// Runs `body` on a thread of its own; the result is awaited with `value()`.
-private final class OnThread<T: Sendable>: @unchecked Sendable {
-    private let done = DispatchSemaphore(value: 0)
-    private var result: Result<T, any Error>?
+/// Runs blocking `body` on a thread of its own, so that no thread of Swift
+/// concurrency's small pool waits in a socket call; `value()` suspends.
+private final class OnThread<T: Sendable>: Sendable {
+    private struct State {
+        var result: Result<T, any Error>?
+        var waiter: CheckedContinuation<T, any Error>?
+    }
+    private let state = Mutex(State())
 
     init(_ body: @escaping @Sendable () throws -> T) {
         Thread.detachNewThread { [self] in
-            result = Result { try body() }
-            done.signal()
+            let result = Result { try body() }
+            let waiter = state.withLock { state in
+                state.result = result
+                return state.waiter
+            }
+            waiter?.resume(with: result)
         }
     }
 
-    func value() throws -> T {
-        done.wait()
-        return try result!.get()
+    func value() async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            let result = state.withLock { state in
+                if state.result == nil { state.waiter = continuation }
+                return state.result
+            }
+            if let result { continuation.resume(with: result) }
+        }
     }
+}
+
+/// Runs blocking `body` on a thread of its own and awaits its result.
+private func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await OnThread(body).value()
 }
 
 /// Whether the peer of `socket` has closed: a read ends or is reset.
@@ -76,7 +95,7 @@ private func frameTooLongLimit(_ error: SocketError) -> Int? {
 @Suite("Framing", .timeLimit(.minutes(1)))
 struct FramingTests {
     @Test("frames written and read back, blocking", arguments: allFormats)
-    func roundTripBlocking(format: FrameFormat) throws {
+    func roundTripBlocking(format: FrameFormat) async throws {
         let (writer, reader) = try StreamSocket.makePair()
         defer { try? writer.close(); try? reader.close() }
         let frames = samples(for: format)
@@ -84,12 +103,15 @@ struct FramingTests {
             for frame in frames { try writer.writeFrame(frame, format: format) }
             try writer.shutdown(.write)
         }
-        let frameReader = reader.frames(format)
-        var received: [[UInt8]] = []
-        while let frame = try frameReader.readFrame() { received.append(frame) }
-        try sending.value()
+        let (received, again) = try await blocking { () throws -> ([[UInt8]], [UInt8]?) in
+            let frameReader = reader.frames(format)
+            var received: [[UInt8]] = []
+            while let frame = try frameReader.readFrame() { received.append(frame) }
+            return (received, try frameReader.readFrame())
+        }
+        try await sending.value()
         #expect(received == frames)
-        #expect(try frameReader.readFrame() == nil, "the end stays the end")
+        #expect(again == nil, "the end stays the end")
     }
 
     @Test("frames written and read back, async, as a sequence", arguments: allFormats)
@@ -133,10 +155,13 @@ struct FramingTests {
         let (writer, reader) = try StreamSocket.makePair()
         defer { try? writer.close(); try? reader.close() }
         let sending = OnThread { try trickle(writer) }
-        let frameReader = reader.frames(format)
-        var received: [[UInt8]] = []
-        while let frame = try frameReader.readFrame() { received.append(frame) }
-        try sending.value()
+        let received = try await blocking { () throws -> [[UInt8]] in
+            let frameReader = reader.frames(format)
+            var received: [[UInt8]] = []
+            while let frame = try frameReader.readFrame() { received.append(frame) }
+            return received
+        }
+        try await sending.value()
         #expect(received == frames)
 
         let (asyncWriter, asyncReaderSide) = try StreamSocket.makePair()
@@ -145,7 +170,7 @@ struct FramingTests {
         let asyncSending = OnThread { try trickle(asyncWriter) }
         var asyncReceived: [[UInt8]] = []
         for try await frame in asyncReader.frames(format) { asyncReceived.append(frame) }
-        try asyncSending.value()
+        try await asyncSending.value()
         #expect(asyncReceived == frames)
     }
 
@@ -160,14 +185,14 @@ struct FramingTests {
             try writer.writeAll(wire)
             try writer.shutdown(.write)
         }
-        let frameReader = reader.frames(format)
-        var count = 0
-        while let frame = try frameReader.readFrame() {
-            #expect(frame == frames[count])
-            count += 1
+        let received = try await blocking { () throws -> [[UInt8]] in
+            let frameReader = reader.frames(format)
+            var received: [[UInt8]] = []
+            while let frame = try frameReader.readFrame() { received.append(frame) }
+            return received
         }
-        try sending.value()
-        #expect(count == frames.count)
+        try await sending.value()
+        #expect(received == frames)
 
         let (asyncWriter, asyncReader) = try AsyncStreamSocket.makePair()
         defer { try? asyncWriter.close(); try? asyncReader.close() }
@@ -321,7 +346,7 @@ struct FramingTests {
     }
 
     @Test("frames over a TCP connection")
-    func overTCP() throws {
+    func overTCP() async throws {
         let listener = try EndpointListener.bind(to: Endpoint("tcp:0"))
         defer { try? listener.close() }
         let endpoint = try listener.localEndpoint()
@@ -337,17 +362,22 @@ struct FramingTests {
             }
             return frames
         }
-        let client = try Connection.connect(to: endpoint)
-        defer { try? client.close() }
         let frames = samples(for: format)
-        let replies = client.frames(format)
-        for frame in frames {
-            try client.writeFrame(frame, format: format)
-            #expect(try replies.readFrame() == frame.reversed())
+        let (replies, end) = try await blocking { () throws -> ([[UInt8]], [UInt8]?) in
+            let client = try Connection.connect(to: endpoint)
+            defer { try? client.close() }
+            let reader = client.frames(format)
+            var replies: [[UInt8]] = []
+            for frame in frames {
+                try client.writeFrame(frame, format: format)
+                replies.append(try reader.readFrame() ?? [])
+            }
+            try client.shutdown(.write)
+            return (replies, try reader.readFrame())
         }
-        try client.shutdown(.write)
-        #expect(try server.value() == frames)
-        #expect(try replies.readFrame() == nil)
+        #expect(replies == frames.map { $0.reversed() })
+        #expect(try await server.value() == frames)
+        #expect(end == nil)
     }
 
     @Test("the decoder cuts the same frames from a stream however it is chunked", arguments: allFormats)
@@ -390,6 +420,48 @@ struct FramingTests {
                 let sent = try envelope.send(writer.descriptor, body, from: offset).get()
                 #expect(sent == wire.count - offset)
                 #expect(try reader.readExactly(sent) == Array(wire[offset...]), "from offset \(offset)")
+            }
+        }
+    }
+
+    @Test("any bytes give frames within the limit, or a typed failure (seeded)", arguments: allFormats)
+    func arbitraryBytes(format: FrameFormat) {
+        var random = SeededGenerator(seed: 29)
+        for round in 0..<200 {
+            let limited = format.maximumLength(Int.random(in: 0...300, using: &random))
+            // Mostly small values, so length prefixes often fit and delimiters often appear.
+            let wire = (0..<Int.random(in: 0...2000, using: &random)).map { _ in
+                UInt8(Int.random(in: 0...3, using: &random) == 0 ? Int.random(in: 0...255, using: &random) : Int.random(in: 0...12, using: &random))
+            }
+            let decoder = FrameDecoder(format: limited)
+            var offset = 0
+            let envelope: Int = if case .lengthPrefix(let bytes, _) = limited.boundary { bytes } else { 1 }
+            var overhead = 0
+            var consumed = 0
+            do throws(FrameDecoder.Failure) {
+                decoding: while true {
+                    switch try decoder.step() {
+                    case .frame(let frame):
+                        #expect(frame.count <= limited.maximumLength, "round \(round)")
+                        consumed += frame.count
+                        overhead += envelope
+                    case .read(let room):
+                        #expect(!room.isEmpty)
+                        if offset == wire.count { break decoding }
+                        let count = min(room.count, wire.count - offset, Int.random(in: 1...700, using: &random))
+                        room.copyBytes(from: wire[offset..<(offset + count)])
+                        offset += count
+                        decoder.didRead(count)
+                    }
+                }
+                try decoder.finish()
+                #expect(consumed + overhead == wire.count, "round \(round): every byte belongs to a frame")
+            } catch {
+                switch error.code {
+                case .frameTooLong(_, let limit): #expect(limit == limited.maximumLength)
+                case .unexpectedEndOfStream(let received, let expected): #expect(received < expected)
+                default: Issue.record("round \(round): \(error.code)")
+                }
             }
         }
     }

@@ -131,12 +131,14 @@ def main():
         sock.bind(path)
         sock.listen(1)
         print('ready', flush=True)
-        sock.settimeout(10)
+        # Generous: a loaded machine (a sanitizer run) may take long to
+        # start the client; the tests bound every wait themselves.
+        sock.settimeout(60)
         connection, _ = sock.accept()
-        connection.settimeout(10)
+        connection.settimeout(60)
     else:
         sock.connect(path)
-        sock.settimeout(10)
+        sock.settimeout(60)
         connection = sock
     {'talk': talk, 'oversize': oversize}[scenario](connection, name)
     connection.close()
