@@ -92,8 +92,9 @@ final class FrameDecoder {
                 let byte = storage[start + (endian == .big ? index : bytes - 1 - index)]
                 length = length << 8 | UInt64(byte)
             }
-            // Checked before any room is made for the frame.
-            guard length <= UInt64(format.maximumLength) else {
+            // Checked before any room is made for the frame (and so that
+            // prefix plus frame cannot overflow, whatever the limit).
+            guard length <= UInt64(format.maximumLength), length <= UInt64(Int.max - bytes) else {
                 throw Failure(code: .frameTooLong(length: Int(exactly: length), limit: format.maximumLength))
             }
             pendingLength = Int(length)
