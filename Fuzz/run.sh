@@ -3,7 +3,7 @@
 #
 #   Fuzz/run.sh [--time SECONDS] [--build-only] [TARGET...] [-- LIBFUZZER-ARGS...]
 #
-# TARGET is unix-address, endpoint or control-messages (all by default).
+# TARGET is unix-address, endpoint, control-messages or frame-decoder (all by default).
 # Each target is its entry file in Fuzz/Targets compiled against UDSKit built
 # with -enable-testing, so it reaches internal symbols without a SwiftPM
 # target that a normal `swift build` would have to skip.
@@ -25,14 +25,15 @@ while [ $# -gt 0 ]; do
         *) targets+=("$1"); shift ;;
     esac
 done
-[ ${#targets[@]} -gt 0 ] || targets=(unix-address endpoint control-messages)
+[ ${#targets[@]} -gt 0 ] || targets=(unix-address endpoint control-messages frame-decoder)
 
 entry_file() {
     case "$1" in
         unix-address) echo UnixAddressFuzz.swift ;;
         endpoint) echo EndpointFuzz.swift ;;
         control-messages) echo ControlMessagesFuzz.swift ;;
-        *) echo "unknown fuzz target: $1 (unix-address, endpoint, control-messages)" >&2; exit 2 ;;
+        frame-decoder) echo FrameDecoderFuzz.swift ;;
+        *) echo "unknown fuzz target: $1 (unix-address, endpoint, control-messages, frame-decoder)" >&2; exit 2 ;;
     esac
 }
 for target in "${targets[@]}"; do entry_file "$target" >/dev/null; done

@@ -53,6 +53,14 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
         case unsupported(String)
         /// A TCP host name could not be resolved; the resolver's message.
         case nameResolution(String)
+        /// A frame longer than its format allows (``FrameFormat/maximumLength``,
+        /// or what the length prefix can express); `length` is `nil` when it is
+        /// not known: no delimiter within the limit, or a prefix beyond `Int`.
+        /// A reader closes the stream after this: what follows cannot be trusted.
+        case frameTooLong(length: Int?, limit: Int)
+        /// A frame to be written contains its format's delimiter (at `offset`),
+        /// so the peer would read it as two frames.
+        case frameContainsDelimiter(UInt8, offset: Int)
     }
 
     /// The operation, named after its C call where there is one: `bind`, `connect`, `read`.
@@ -114,6 +122,12 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
             return "\(count) descriptors arrived with plain reads and were never taken; they were closed"
         case .unsupported(let what): return "\(what) not supported on this platform"
         case .nameResolution(let why): return "cannot resolve the host name: \(Self.lowercasedFirst(why))"
+        case .frameTooLong(let length?, let limit):
+            return "frame is \(length) bytes long; the limit is \(limit)"
+        case .frameTooLong(nil, let limit):
+            return "frame is longer than the limit of \(limit) bytes"
+        case .frameContainsDelimiter(let delimiter, let offset):
+            return "frame contains its delimiter (byte 0x\(delimiter < 16 ? "0" : "")\(String(delimiter, radix: 16))) at offset \(offset)"
         }
     }
 

@@ -10,8 +10,13 @@ extension EchoServer {
     func serveAsync(_ listener: AsyncStreamListener, transcript: Transcript) async {
         let chunk = self.chunk
         let showPeer = self.showPeer
+        let format = FrameOptions.format(frame, maxFrame: maxFrame)
         await acceptAsync(listener.accept, on: listener.eventLoop, loopOf: { $0.eventLoop }, transcript: transcript) {
             connection, peer, id in
+            if let format {
+                await echoFrames(connection, format: format, peer: peer, id: id, showPeer: showPeer, transcript: transcript)
+                return
+            }
             await echo(
                 connection, peer: peer, id: id, chunk: chunk, showPeer: showPeer, loop: connection.eventLoop,
                 transcript: transcript)

@@ -48,9 +48,17 @@ struct Connect: ParsableCommand {
     @Option(name: .customLong("bind"), help: "dgram: the address to receive answers at (default: an automatic one).")
     var localAddress: String?
 
+    @Option(help: FrameOptions.frameHelp)
+    var frame: FrameFormatOption?
+
+    @Option(name: .customLong("max-frame"), parsing: .unconditional, help: FrameOptions.maxFrameHelp)
+    var maxFrame: Int?
+
     func validate() throws {
         try OptionRange.seconds.check("--timeout", timeout)
         try OptionRange.seconds.check("--linger", linger)
+        try FrameOptions.check(frame, maxFrame: maxFrame)
+        if frame != nil && type != .stream { throw ValidationError("--frame needs --type stream") }
     }
 
     func run() throws {
@@ -59,7 +67,11 @@ struct Connect: ParsableCommand {
             switch type {
             case .stream:
                 let connection = try Connection.connect(to: endpoint, timeout: timeout?.duration)
-                try converse(StreamSession(connection: connection), lines: false)
+                if let format = FrameOptions.format(frame, maxFrame: maxFrame) {
+                    try converse(FramedSession(connection: connection, format: format), lines: true)
+                } else {
+                    try converse(StreamSession(connection: connection), lines: false)
+                }
             case .seqpacket:
                 let server = try unixAddress(of: endpoint, for: "--type seqpacket")
                 let socket = try SeqpacketSocket.connect(to: server)
@@ -184,9 +196,17 @@ struct Listen: ParsableCommand {
     @Option(parsing: .unconditional, help: "How long input may still be sent after a peer ends its stream; \(OptionRange.seconds.text).")
     var linger: DurationOption = DurationOption(argument: "0.5")!
 
+    @Option(help: FrameOptions.frameHelp)
+    var frame: FrameFormatOption?
+
+    @Option(name: .customLong("max-frame"), parsing: .unconditional, help: FrameOptions.maxFrameHelp)
+    var maxFrame: Int?
+
     func validate() throws {
         if type == .dgram { throw ValidationError("for datagrams, use `uds recv ADDRESS`") }
         try OptionRange.seconds.check("--linger", linger)
+        try FrameOptions.check(frame, maxFrame: maxFrame)
+        if frame != nil && type != .stream { throw ValidationError("--frame needs --type stream") }
     }
 
     func run() throws {
@@ -199,7 +219,8 @@ struct Listen: ParsableCommand {
             throw ExitCode(64)
         }
         let options = BindOptions(permissions: mode?.permissions)
-        let router = InputRouter(lines: type == .seqpacket)
+        let format = FrameOptions.format(frame, maxFrame: maxFrame)
+        let router = InputRouter(lines: type == .seqpacket || format != nil)
         do {
             let accept: () throws -> any Session
             let close: @Sendable () -> Void
@@ -209,7 +230,11 @@ struct Listen: ParsableCommand {
                 let listener = try EndpointListener.bind(to: endpoint, options: options)
                 if listener.replacedStaleSocket { announceStaleReplaced(endpoint) }
                 shown = (try? listener.localEndpoint().description) ?? endpoint.description
-                accept = { StreamSession(connection: try listener.accept().connection) }
+                accept = {
+                    let connection = try listener.accept().connection
+                    guard let format else { return StreamSession(connection: connection) }
+                    return FramedSession(connection: connection, format: format)
+                }
                 close = { try? listener.close() }
             case .seqpacket:
                 let address = try unixAddress(of: endpoint, for: "--type seqpacket")

@@ -79,11 +79,21 @@ struct EchoServer: ParsableCommand {
     @Option(help: "Event loops for --io async (threads; connections are spread over them). Default: 1.")
     var loops: Int = 1
 
+    @Option(help: FrameOptions.echoFrameHelp)
+    var frame: FrameFormatOption?
+
+    @Option(name: .customLong("max-frame"), parsing: .unconditional, help: FrameOptions.maxFrameHelp)
+    var maxFrame: Int?
+
     func validate() throws {
         try OptionRange.bufferSize.check("--chunk", chunk)
         try OptionRange.eventLoops.check("--loops", loops)
         if loops > 1 && io == .threads { throw ValidationError("--loops needs --io async or handlers") }
         if io == .handlers && type != .stream { throw ValidationError("--io handlers serves stream sockets only") }
+        try FrameOptions.check(frame, maxFrame: maxFrame)
+        if frame != nil && (type != .stream || io == .handlers) {
+            throw ValidationError("--frame needs --type stream and --io async or threads")
+        }
         // A datagram server has no connections to check or refuse: never
         // ignore an access restriction silently.
         if type == .dgram && (!allowedUserIDs.isEmpty || !allowedGroupIDs.isEmpty || showPeer) {
@@ -272,7 +282,12 @@ struct EchoServer: ParsableCommand {
             transcript.opened(id)
             let chunk = self.chunk
             let showPeer = self.showPeer
+            let format = FrameOptions.format(frame, maxFrame: maxFrame)
             Thread.detachNewThread {
+                if let format, let stream = connection as? StreamEchoConnection {
+                    echoFrames(stream.socket, format: format, peer: peer, id: id, showPeer: showPeer, transcript: transcript)
+                    return
+                }
                 echo(connection, peer: peer, id: id, chunk: chunk, showPeer: showPeer, transcript: transcript)
             }
         }
