@@ -75,7 +75,9 @@ func echoFrames(
         try? socket.close()
         transcript.closed(id)
     }
-    transcript.connected(peer, client: id, credentials: showPeer ? { try? socket.peerCredentials() } : nil)
+    transcript.connected(
+        peer, client: id,
+        identity: showPeer ? { PeerIdentity(credentials: try? socket.peerCredentials(), process: try? socket.peerProcess()) } : nil)
     let reader = socket.frames(format)
     do {
         while let frame = try reader.readFrame() {
@@ -98,7 +100,9 @@ func echoFrames(
         transcript.closed(id)
     }
     socket.keepsIncomingDescriptors = false
-    transcript.connected(peer, client: id, credentials: showPeer ? { try? socket.peerCredentials() } : nil)
+    transcript.connected(
+        peer, client: id,
+        identity: showPeer ? { PeerIdentity(credentials: try? socket.peerCredentials(), process: try? socket.peerProcess()) } : nil)
     do {
         for try await frame in socket.frames(format) {
             transcript.say("received frame \(escapedFrame(frame))", client: id)
