@@ -46,11 +46,11 @@ struct Bench: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "Message size (ping-pong), \(OptionRange.bufferSize.text).")
     var size: Int = 100
 
-    @Option(parsing: .unconditional, help: "Seconds to measure (ping-pong), \(OptionRange.positiveSeconds.text).")
-    var duration: Double = 5
+    @Option(parsing: .unconditional, help: "How long to measure (ping-pong); a duration such as 5, 500ms or 1m30s, \(OptionRange.positiveSeconds.text).")
+    var duration = DurationOption(seconds: 5)
 
-    @Option(parsing: .unconditional, help: "Seconds of warm-up before measuring (ping-pong), \(OptionRange.seconds.text).")
-    var warmup: Double = 1
+    @Option(parsing: .unconditional, help: "Warm-up before measuring (ping-pong); a duration such as 1 or 500ms, \(OptionRange.seconds.text).")
+    var warmup = DurationOption(seconds: 1)
 
     @Option(parsing: .unconditional, help: "Bytes to stream (stream), \(OptionRange.streamLength.text).")
     var bytes: Int = 1 << 30
@@ -110,8 +110,8 @@ struct Bench: AsyncParsableCommand {
 
         let clock = ContinuousClock()
         let start = clock.now
-        let measureFrom = start.advanced(by: .seconds(warmup))
-        let end = measureFrom.advanced(by: .seconds(duration))
+        let measureFrom = start.advanced(by: warmup.duration)
+        let end = measureFrom.advanced(by: duration.duration)
         let completed = Counter()
         let progress = quiet ? nil : Task { await reportProgress(completed, until: end, unit: "round trips") }
         defer { progress?.cancel() }
@@ -139,7 +139,7 @@ struct Bench: AsyncParsableCommand {
         let (cpuBefore, cpuAfter) = try await cpuWindow.value
         let roundTrips = Int(histogram.totalCount)
         return BenchResult(
-            mode: "ping-pong", connections: connections, size: size, seconds: duration,
+            mode: "ping-pong", connections: connections, size: size, seconds: duration.seconds,
             operations: roundTrips, histogram: histogram,
             serverCPUSeconds: cpuAfter.flatMap { after in cpuBefore.map { after.seconds - $0.seconds } }, bytes: nil)
     }

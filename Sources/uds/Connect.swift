@@ -3,7 +3,7 @@ import Foundation
 import Synchronization
 import UDSKit
 
-struct Connect: ParsableCommand {
+struct Connect: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "connect",
         abstract: "Connect to a socket and copy standard input to it and what it sends to standard output, like nc -U.",
@@ -39,11 +39,11 @@ struct Connect: ParsableCommand {
     @Option(help: "The socket type: stream, dgram or seqpacket (Unix sockets only for the last two).")
     var type: SocketTypeOption = .stream
 
-    @Option(parsing: .unconditional, help: "Give up connecting after this long (seconds, or with ms/s/m; \(OptionRange.seconds.text)).")
+    @Option(parsing: .unconditional, help: "Give up connecting after this long; a duration such as 2, 500ms or 1m30s, \(OptionRange.seconds.text).")
     var timeout: DurationOption?
 
     @Option(parsing: .unconditional, help: "How long input may still be sent after the peer ends its stream (dgram: how long answers are awaited after input ends); \(OptionRange.seconds.text).")
-    var linger: DurationOption = DurationOption(argument: "0.5")!
+    var linger: DurationOption = DurationOption(seconds: 0.5)
 
     @Option(name: .customLong("bind"), help: "dgram: the address to receive answers at (default: an automatic one).")
     var localAddress: String?
@@ -79,10 +79,12 @@ struct Connect: ParsableCommand {
         let router = InputRouter(lines: lines)
         router.attach(session, id: 1)
         router.start()
+        exitOnShutdownSignals { session.close() }
         defer { session.close() }
         do {
             try session.copyToStandardOutput()
         } catch {
+            yieldToShutdown()
             report(error)
             throw ExitCode.failure
         }
@@ -97,6 +99,7 @@ struct Connect: ParsableCommand {
     private func datagrams(to server: UnixAddress) throws {
         let local = try localAddress.map(parseAddress) ?? automaticAddress()
         let socket = try DatagramSocket.bind(to: local)
+        exitOnShutdownSignals { try? socket.close() }
         defer { try? socket.close() }
         try socket.connect(to: server)
         Thread.detachNewThread {
@@ -136,7 +139,7 @@ struct Connect: ParsableCommand {
     }
 }
 
-struct Listen: ParsableCommand {
+struct Listen: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "listen",
         abstract: "Wait for a connection and copy standard input to it and what it sends to standard output, like nc -lU.",
@@ -175,17 +178,17 @@ struct Listen: ParsableCommand {
     @Flag(help: "Serve one connection after another instead of exiting after the first.")
     var keepOpen = false
 
-    @Option(help: "The socket type: stream or seqpacket.")
-    var type: SocketTypeOption = .stream
+    @Option(name: .customLong("type"), help: "The socket type (datagrams: see uds recv).")
+    var connectionType: ConnectionTypeOption = .stream
+    var type: SocketTypeOption { connectionType.socketType }
 
     @Option(help: "The socket file's mode, in octal (e.g. 600).")
     var mode: FileModeOption?
 
     @Option(parsing: .unconditional, help: "How long input may still be sent after a peer ends its stream; \(OptionRange.seconds.text).")
-    var linger: DurationOption = DurationOption(argument: "0.5")!
+    var linger: DurationOption = DurationOption(seconds: 0.5)
 
     func validate() throws {
-        if type == .dgram { throw ValidationError("for datagrams, use `uds recv ADDRESS`") }
         try OptionRange.seconds.check("--linger", linger)
     }
 

@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import UDSKit
 
-struct EchoClient: ParsableCommand {
+struct EchoClient: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "echo-client",
         abstract: "Send a message to an echo server and print what comes back.",
@@ -38,8 +38,8 @@ struct EchoClient: ParsableCommand {
     @Option(help: "Bind this address first, so the server sees who is calling (a path with the pid, say).")
     var bind: String?
 
-    @Option(parsing: .unconditional, help: "Seconds to wait for each reply before giving up; \(OptionRange.positiveSeconds.text).")
-    var timeout: Double = 10
+    @Option(parsing: .unconditional, help: "How long to wait for each reply before giving up; a duration such as 10, 500ms or 1m30s, \(OptionRange.positiveSeconds.text).")
+    var timeout = DurationOption(seconds: 10)
 
     func validate() throws {
         try OptionRange.bufferSize.check("--chunk", chunk)
@@ -60,12 +60,13 @@ struct EchoClient: ParsableCommand {
             case .dgram: try runDatagram(server: server, local: local!, message: message)
             }
         } catch {
+            yieldToShutdown()
             report(error)
             throw ExitCode.failure
         }
     }
 
-    private var replyTimeout: Duration { .milliseconds(Int64(timeout * 1000)) }
+    private var replyTimeout: Duration { timeout.duration }
 
     static func defaultDatagramName(for server: UnixAddress) -> String {
         let pid = ProcessInfo.processInfo.processIdentifier
@@ -88,7 +89,7 @@ struct EchoClient: ParsableCommand {
     private func runStream(server: UnixAddress, local: UnixAddress?, message: [UInt8]) throws(SocketError) {
         say("connecting to \(server)")
         let socket = try StreamSocket.connect(to: server, from: local)
-        ShutdownSignals.install { _ in try? socket.close() }
+        exitOnShutdownSignals { try? socket.close() }
         defer {
             say("closing socket")
             try? socket.close()
@@ -111,7 +112,7 @@ struct EchoClient: ParsableCommand {
     private func runSeqpacket(server: UnixAddress, local: UnixAddress?, message: [UInt8]) throws(SocketError) {
         say("connecting to \(server)")
         let socket = try SeqpacketSocket.connect(to: server, from: local)
-        ShutdownSignals.install { _ in try? socket.close() }
+        exitOnShutdownSignals { try? socket.close() }
         defer {
             say("closing socket")
             try? socket.close()
@@ -132,7 +133,7 @@ struct EchoClient: ParsableCommand {
         // The client's own name must not replace anything: a live socket or
         // another file there is an error, like for any bind.
         let socket = try DatagramSocket.bind(to: local)
-        ShutdownSignals.install { _ in try? socket.close() }
+        exitOnShutdownSignals { try? socket.close() }
         defer {
             say("closing socket")
             try? socket.close()

@@ -3,7 +3,7 @@ import Foundation
 import Synchronization
 import UDSKit
 
-struct EchoServer: ParsableCommand {
+struct EchoServer: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "echo-server",
         abstract: "Echo every byte back to its sender: the classic Unix domain socket demo.",

@@ -247,7 +247,7 @@ struct Probe: ParsableCommand {
     @Flag(help: "Print nothing; the exit status is the answer.")
     var quiet = false
 
-    @Option(parsing: .unconditional, help: "TCP: how long to wait for the connection (seconds, or with ms/s/m; \(OptionRange.seconds.text)).")
+    @Option(parsing: .unconditional, help: "TCP: how long to wait for the connection; a duration such as 2, 500ms or 1m30s, \(OptionRange.seconds.text).")
     var timeout: DurationOption?
 
     struct Answer: Encodable {

@@ -3,7 +3,7 @@ import Foundation
 import Synchronization
 import UDSKit
 
-struct Send: ParsableCommand {
+struct Send: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "send",
         abstract: "Send datagrams or seqpacket messages: one per MESSAGE, or one per line of standard input.",
@@ -30,8 +30,9 @@ struct Send: ParsableCommand {
     @Argument(help: "The messages, one message each; none reads lines from standard input.")
     var messages: [String] = []
 
-    @Option(help: "The socket type: dgram or seqpacket.")
-    var type: SocketTypeOption = .dgram
+    @Option(name: .customLong("type"), help: "The socket type (streams: see uds connect and uds listen).")
+    var messageType: MessageTypeOption = .dgram
+    var type: SocketTypeOption { messageType.socketType }
 
     @Option(name: .customLong("bind"), help: "An address to send from, so the receiver sees (and can answer) it.")
     var localAddress: String?
@@ -40,7 +41,6 @@ struct Send: ParsableCommand {
     var timeout: DurationOption?
 
     func validate() throws {
-        if type == .stream { throw ValidationError("for streams, use `uds connect ADDRESS`") }
         try OptionRange.seconds.check("--timeout", timeout)
     }
 
@@ -49,7 +49,7 @@ struct Send: ParsableCommand {
         let local = try localAddress.map(parseAddress)
         do {
             let deliver: ([UInt8]) throws -> Void
-            let finish: () -> Void
+            let finish: @Sendable () -> Void
             switch type {
             case .dgram, .stream:
                 let socket = try local.map { address throws(SocketError) in try DatagramSocket.bind(to: address) }
@@ -66,6 +66,7 @@ struct Send: ParsableCommand {
                     try? socket.close()
                 }
             }
+            exitOnShutdownSignals(finish)
             defer { finish() }
             if messages.isEmpty {
                 let reader = InputReader(lines: true)
@@ -83,7 +84,7 @@ struct Send: ParsableCommand {
     }
 }
 
-struct Receive: ParsableCommand {
+struct Receive: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "recv",
         abstract: "Bind a socket and print each datagram or seqpacket message it receives, with its sender.",
@@ -112,13 +113,14 @@ struct Receive: ParsableCommand {
     @Argument(help: "Where to receive: PATH, @name or unix:PATH.")
     var address: String
 
-    @Option(help: "The socket type: dgram or seqpacket.")
-    var type: SocketTypeOption = .dgram
+    @Option(name: .customLong("type"), help: "The socket type (streams: see uds connect and uds listen).")
+    var messageType: MessageTypeOption = .dgram
+    var type: SocketTypeOption { messageType.socketType }
 
     @Option(parsing: .unconditional, help: "Exit after this many messages (\(OptionRange.count.text)).")
     var count: Int?
 
-    @Option(parsing: .unconditional, help: "Stop after this long without a message (seconds, or with ms/s/m; \(OptionRange.seconds.text)).")
+    @Option(parsing: .unconditional, help: "Stop after this long without a message; a duration such as 2, 500ms or 1m30s, \(OptionRange.seconds.text).")
     var timeout: DurationOption?
 
     @Flag(help: "Print only each message's bytes, followed by a newline.")
@@ -131,7 +133,6 @@ struct Receive: ParsableCommand {
     var mode: FileModeOption?
 
     func validate() throws {
-        if type == .stream { throw ValidationError("for streams, use `uds listen ADDRESS`") }
         try OptionRange.count.check("--count", count)
         try OptionRange.seconds.check("--timeout", timeout)
     }

@@ -14,6 +14,23 @@ enum SocketTypeOption: String, ExpressibleByArgument, CaseIterable {
     case seqpacket
 }
 
+/// The socket types of the commands that move whole messages (send, recv):
+/// their own type, so help lists only the values they accept.
+enum MessageTypeOption: String, ExpressibleByArgument, CaseIterable {
+    case dgram
+    case seqpacket
+
+    var socketType: SocketTypeOption { SocketTypeOption(rawValue: rawValue)! }
+}
+
+/// The socket types that have connections (listen).
+enum ConnectionTypeOption: String, ExpressibleByArgument, CaseIterable {
+    case stream
+    case seqpacket
+
+    var socketType: SocketTypeOption { SocketTypeOption(rawValue: rawValue)! }
+}
+
 /// Parses an address, turning a bad one into a one-line error.
 func parseAddress(_ text: String) throws -> UnixAddress {
     do {
@@ -99,11 +116,66 @@ extension OptionRange<Double> {
     static let positiveSeconds = OptionRange(
         bounds: Double.leastNonzeroMagnitude...86_400, text: "more than 0, up to 86400 seconds (24 hours)")
 
-    func check(_ option: String, _ value: Double) throws(ExitCode) {
-        try check(option, value, given: value.rounded() == value && value.magnitude < 1e15 ? String(Int(value)) : String(value))
-    }
-
     func check(_ option: String, _ value: DurationOption?) throws(ExitCode) {
         if let value { try check(option, value.seconds, given: value.text) }
+    }
+}
+
+/// A duration, parsed the same way by every option that takes one: seconds
+/// (`2`, `1.5`), or numbers each with a unit, largest first (`500ms`, `2s`,
+/// `1m30s`, `1h`). Any number parses, negative or huge, so that `validate()`
+/// can name it in its one usage line (see ``OptionRange``).
+struct DurationOption: ExpressibleByArgument, CustomStringConvertible, Sendable {
+    let seconds: Double
+    let text: String
+
+    init(seconds: Double) {
+        self.seconds = seconds
+        text = seconds.rounded() == seconds && seconds.magnitude < 1e15 ? String(Int(seconds)) : String(seconds)
+    }
+
+    init?(argument: String) {
+        guard let seconds = Self.parse(argument) else { return nil }
+        self.seconds = seconds
+        text = argument
+    }
+
+    /// Longest suffix first, so `ms` is not read as `m` then `s`.
+    private static let units: [(suffix: String, seconds: Double)] = [("ms", 0.001), ("h", 3600), ("m", 60), ("s", 1)]
+
+    private static func parse(_ argument: String) -> Double? {
+        var rest = Substring(argument)
+        var sign = 1.0
+        if rest.first == "-" {
+            sign = -1
+            rest = rest.dropFirst()
+        }
+        // A bare number is seconds.
+        if let value = Double(rest), rest.allSatisfy({ $0.isNumber || $0 == "." }) { return sign * value }
+        var total = 0.0
+        var previousUnit = Double.infinity
+        while !rest.isEmpty {
+            let number = rest.prefix { $0.isNumber || $0 == "." }
+            guard !number.isEmpty, let value = Double(number) else { return nil }
+            rest = rest.dropFirst(number.count)
+            guard let unit = units.first(where: { rest.hasPrefix($0.suffix) }), unit.seconds < previousUnit else {
+                return nil
+            }
+            rest = rest.dropFirst(unit.suffix.count)
+            previousUnit = unit.seconds
+            total += value * unit.seconds
+        }
+        return sign * total
+    }
+
+    /// As typed, with `s` added to a bare number, so a message says its unit.
+    var description: String { text.last?.isLetter == true ? text : text + "s" }
+
+    /// Clamped to what a `Duration` of nanoseconds holds, so that even an
+    /// unchecked value cannot trap in the conversion.
+    var duration: Duration {
+        let nanoseconds = seconds * 1e9
+        guard nanoseconds > 0 else { return .zero }  // NaN too
+        return nanoseconds < 9e18 ? .nanoseconds(Int64(nanoseconds)) : .nanoseconds(Int64.max)
     }
 }

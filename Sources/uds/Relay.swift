@@ -3,7 +3,7 @@ import Foundation
 import Synchronization
 import UDSKit
 
-struct Relay: ParsableCommand {
+struct Relay: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "relay",
         abstract: "Relay bytes both ways between two endpoints, like socat: Unix sockets, TCP, standard I/O.",
@@ -61,7 +61,7 @@ struct Relay: ParsableCommand {
     @Flag(name: [.short, .long], help: "Report each connection and its byte counts on standard error.")
     var verbose = false
 
-    @Option(parsing: .unconditional, help: "Give up connecting to TO after this long (seconds, or with ms/s/m; \(OptionRange.seconds.text)).")
+    @Option(parsing: .unconditional, help: "Give up connecting to TO after this long; a duration such as 2, 500ms or 1m30s, \(OptionRange.seconds.text).")
     var timeout: DurationOption?
 
     @Option(help: "unix-listen: the socket file's mode, in octal (e.g. 660).")
@@ -89,6 +89,7 @@ struct Relay: ParsableCommand {
         case .listen(let endpoint):
             try serve(endpoint, target: target, log: log, connectTimeout: connectTimeout)
         case .connect, .stdio:
+            exitOnShutdownSignals {}
             do {
                 let first = try source.open(timeout: connectTimeout)
                 let second: any ByteStream
