@@ -7,10 +7,13 @@
 public struct PeerCredentials: Hashable, Sendable, CustomStringConvertible {
     /// The process ID; `nil` where the platform cannot tell.
     public var processID: Int32?
+    /// The effective user ID.
     public var userID: UInt32
     /// The primary group ID. Supplementary groups are not reported.
     public var groupID: UInt32
 
+    /// Credentials from their parts, for tests and for access-policy checks
+    /// of one's own.
     public init(processID: Int32?, userID: UInt32, groupID: UInt32) {
         self.processID = processID
         self.userID = userID
