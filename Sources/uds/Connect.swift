@@ -7,6 +7,8 @@ struct Connect: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "connect",
         abstract: "Connect to a socket and copy standard input to it and what it sends to standard output, like nc -U.",
+        // Short enough for 80 columns; OPTIONS lists the rest.
+        usage: "uds connect <address> [--type <type>] [--timeout <timeout>] [options]",
         discussion: """
             ADDRESS is a socket path, @name (Linux abstract), unix:PATH, or tcp:HOST:PORT
             (TCP, with TCP_NODELAY). The copy is binary-safe. When standard input ends, the
@@ -33,19 +35,19 @@ struct Connect: ParsableCommand, HandlesShutdownSignals {
             """
     )
 
-    @Argument(help: "Where to connect: PATH, @name, unix:PATH or tcp:HOST:PORT.")
+    @Argument(help: "The server: PATH, @name, unix:PATH or tcp:HOST:PORT.")
     var address: String
 
     @Option(help: "The socket type: stream, dgram or seqpacket (Unix sockets only for the last two).")
     var type: SocketTypeOption = .stream
 
-    @Option(parsing: .unconditional, help: "Give up connecting after this long; a duration such as 2, 500ms or 1m30s, \(OptionRange.seconds.text).")
+    @Option(parsing: .unconditional, help: "How long to try connecting: a duration, \(OptionRange.seconds.help).")
     var timeout: DurationOption?
 
-    @Option(parsing: .unconditional, help: "How long input may still be sent after the peer ends its stream (dgram: how long answers are awaited after input ends); \(OptionRange.seconds.text).")
+    @Option(parsing: .unconditional, help: "How long input may still be sent after the peer ends its stream (dgram: answers are awaited after input ends): a duration, \(OptionRange.seconds.help).")
     var linger: DurationOption = DurationOption(seconds: 0.5)
 
-    @Option(name: .customLong("bind"), help: "dgram: the address to receive answers at (default: an automatic one).")
+    @Option(name: .customLong("bind"), help: "dgram: the address to receive answers at (by default a name of its own).")
     var localAddress: String?
 
     func validate() throws {
@@ -143,6 +145,8 @@ struct Listen: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "listen",
         abstract: "Wait for a connection and copy standard input to it and what it sends to standard output, like nc -lU.",
+        // Short enough for 80 columns; OPTIONS lists the rest.
+        usage: "uds listen <address> [--keep-open] [--type <type>] [options]",
         discussion: """
             ADDRESS is a socket path, @name (Linux abstract), unix:PATH, or tcp:[HOST:]PORT
             (TCP; the loopback address 127.0.0.1 unless a HOST such as 0.0.0.0 is named;
@@ -185,7 +189,7 @@ struct Listen: ParsableCommand, HandlesShutdownSignals {
     @Option(help: "The socket file's mode, in octal (e.g. 600).")
     var mode: FileModeOption?
 
-    @Option(parsing: .unconditional, help: "How long input may still be sent after a peer ends its stream; \(OptionRange.seconds.text).")
+    @Option(parsing: .unconditional, help: "How long input may still be sent after a peer ends its stream: a duration, \(OptionRange.seconds.help).")
     var linger: DurationOption = DurationOption(seconds: 0.5)
 
     func validate() throws {

@@ -5,7 +5,9 @@ import UDSKit
 struct EchoClient: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "echo-client",
-        abstract: "Send a message to an echo server and print what comes back.",
+        abstract: "Send a message to an echo server; print the echo.",
+        // Short enough for 80 columns; OPTIONS lists the rest.
+        usage: "uds echo-client [<address>] [--message <message>] [options]",
         discussion: """
             With the defaults the output matches the classic Python echo client line for
             line: it sends the message once and reads the echo back 16 bytes at a time.
@@ -29,7 +31,7 @@ struct EchoClient: ParsableCommand, HandlesShutdownSignals {
     @Option(help: "The message to send.")
     var message: String = "This is the message. It will be repeated."
 
-    @Option(parsing: .unconditional, help: "Bytes read at a time (stream), or the largest reply accepted (dgram, seqpacket); \(OptionRange.bufferSize.text).")
+    @Option(parsing: .unconditional, help: "Bytes per read (stream), or the largest reply (dgram, seqpacket); \(OptionRange.bufferSize.help).")
     var chunk: Int = 16
 
     @Option(help: "The socket type: stream, dgram or seqpacket.")
@@ -38,7 +40,7 @@ struct EchoClient: ParsableCommand, HandlesShutdownSignals {
     @Option(help: "Bind this address first, so the server sees who is calling (a path with the pid, say).")
     var bind: String?
 
-    @Option(parsing: .unconditional, help: "How long to wait for each reply before giving up; a duration such as 10, 500ms or 1m30s, \(OptionRange.positiveSeconds.text).")
+    @Option(parsing: .unconditional, help: "How long to wait for each reply before giving up: a duration, \(OptionRange.positiveSeconds.help).")
     var timeout = DurationOption(seconds: 10)
 
     func validate() throws {

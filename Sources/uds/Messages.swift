@@ -7,6 +7,8 @@ struct Send: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "send",
         abstract: "Send datagrams or seqpacket messages: one per MESSAGE, or one per line of standard input.",
+        // Short enough for 80 columns; OPTIONS lists the rest.
+        usage: "uds send <address> [<messages> ...] [--type <type>] [options]",
         discussion: """
             Each MESSAGE is sent as one message, whole, with its boundaries kept; with no
             MESSAGE, each line of standard input is one (without its newline). A datagram
@@ -27,7 +29,7 @@ struct Send: ParsableCommand, HandlesShutdownSignals {
     @Argument(help: "Where to send: PATH, @name or unix:PATH.")
     var address: String
 
-    @Argument(help: "The messages, one message each; none reads lines from standard input.")
+    @Argument(help: "The messages, each sent as one; with none, each line of standard input is one.")
     var messages: [String] = []
 
     @Option(name: .customLong("type"), help: "The socket type (streams: see uds connect and uds listen).")
@@ -37,7 +39,7 @@ struct Send: ParsableCommand, HandlesShutdownSignals {
     @Option(name: .customLong("bind"), help: "An address to send from, so the receiver sees (and can answer) it.")
     var localAddress: String?
 
-    @Option(parsing: .unconditional, help: "Fail if a message cannot be sent within this long (the receiver's queue stays full); \(OptionRange.seconds.text).")
+    @Option(parsing: .unconditional, help: "Fail if a message cannot be sent for this long (the receiver's queue is full): a duration, \(OptionRange.seconds.help).")
     var timeout: DurationOption?
 
     func validate() throws {
@@ -88,6 +90,8 @@ struct Receive: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "recv",
         abstract: "Bind a socket and print each datagram or seqpacket message it receives, with its sender.",
+        // Short enough for 80 columns; OPTIONS lists the rest.
+        usage: "uds recv <address> [--type <type>] [--count <count>] [options]",
         discussion: """
             Each message is printed on one line: received b'...' from SENDER, the bytes as
             Python prints them (so any byte is visible and the line stays one line), and the
@@ -117,13 +121,13 @@ struct Receive: ParsableCommand, HandlesShutdownSignals {
     var messageType: MessageTypeOption = .dgram
     var type: SocketTypeOption { messageType.socketType }
 
-    @Option(parsing: .unconditional, help: "Exit after this many messages (\(OptionRange.count.text)).")
+    @Option(parsing: .unconditional, help: "Exit after this many messages (\(OptionRange.count.help)).")
     var count: Int?
 
-    @Option(parsing: .unconditional, help: "Stop after this long without a message; a duration such as 2, 500ms or 1m30s, \(OptionRange.seconds.text).")
+    @Option(parsing: .unconditional, help: "Stop after this long with no message (\(OptionRange.seconds.help)).")
     var timeout: DurationOption?
 
-    @Flag(help: "Print only each message's bytes, followed by a newline.")
+    @Flag(help: "Print only the bytes of each message, each followed by a newline.")
     var raw = false
 
     @Flag(help: "Also print each sender's pid, uid and gid, as the kernel vouches for them (Linux for dgram).")

@@ -77,6 +77,15 @@ struct OptionRange<Value: Comparable & Sendable>: Sendable {
     let bounds: ClosedRange<Value>
     /// The range as help and errors print it: `1 to 67108864 bytes (64 MiB)`.
     let text: String
+    /// The range as help prints it, shorter so that it wraps well at 80
+    /// columns: `1 to 64 MiB`.
+    let help: String
+
+    init(bounds: ClosedRange<Value>, text: String, help: String? = nil) {
+        self.bounds = bounds
+        self.text = text
+        self.help = help ?? text
+    }
 
     /// Ends the command with the usage status unless `value` is in range;
     /// `given` is the value as it was typed.
@@ -90,9 +99,9 @@ struct OptionRange<Value: Comparable & Sendable>: Sendable {
 
 extension OptionRange<Int> {
     /// A buffer allocated whole: read chunks, messages, writes.
-    static let bufferSize = OptionRange(bounds: 1...64 << 20, text: "1 to 67108864 bytes (64 MiB)")
+    static let bufferSize = OptionRange(bounds: 1...64 << 20, text: "1 to 67108864 bytes (64 MiB)", help: "1 to 64 MiB")
     /// Bytes streamed through a buffer, never held at once.
-    static let streamLength = OptionRange(bounds: 1...1 << 40, text: "1 to 1099511627776 bytes (1 TiB)")
+    static let streamLength = OptionRange(bounds: 1...1 << 40, text: "1 to 1099511627776 bytes (1 TiB)", help: "1 B to 1 TiB")
     /// Event-loop threads.
     static let eventLoops = OptionRange(bounds: 1...256, text: "1 to 256")
     /// Connections open at once, each with its buffers.
@@ -111,10 +120,10 @@ extension OptionRange<Int> {
 
 extension OptionRange<Double> {
     /// Any wait: zero up to a day. A longer one is better left out (no timeout).
-    static let seconds = OptionRange(bounds: 0...86_400, text: "0 to 86400 seconds (24 hours)")
+    static let seconds = OptionRange(bounds: 0...86_400, text: "0 to 86400 seconds (24 hours)", help: "0 to 24h")
     /// A wait that must be longer than zero.
     static let positiveSeconds = OptionRange(
-        bounds: Double.leastNonzeroMagnitude...86_400, text: "more than 0, up to 86400 seconds (24 hours)")
+        bounds: Double.leastNonzeroMagnitude...86_400, text: "more than 0, up to 86400 seconds (24 hours)", help: "above 0, up to 24h")
 
     func check(_ option: String, _ value: DurationOption?) throws(ExitCode) {
         if let value { try check(option, value.seconds, given: value.text) }
