@@ -57,12 +57,16 @@ struct UDS: AsyncParsableCommand {
                 try command.run()
             }
         } catch {
-            // Two threads must not run exit() at once: the signal's action
-            // may be exiting already.
-            yieldToShutdown()
+            if ShutdownSignals.received.load(ordering: .acquiring) {
+                // The failure is the shutdown closing a socket under a call.
+                // Two threads must not run exit() at once (AddressSanitizer
+                // saw a double free): give the signal's action, which may be
+                // exiting, time to finish, then exit as the rule says.
+                try? await Task.sleep(for: .seconds(5))
+                Foundation.exit(0)
+            }
             exitReporting(error)
         }
-        yieldToShutdown()
         Foundation.exit(0)
     }
 
