@@ -153,14 +153,15 @@ struct DurationOption: ExpressibleByArgument, CustomStringConvertible, Sendable 
     private static let units: [(suffix: String, seconds: Double)] = [("ms", 0.001), ("h", 3600), ("m", 60), ("s", 1)]
 
     private static func parse(_ argument: String) -> Double? {
+        // A bare number is seconds; any that Double reads (1e300, inf), so
+        // that the range check can name it.
+        if let value = Double(argument) { return value }
         var rest = Substring(argument)
         var sign = 1.0
         if rest.first == "-" {
             sign = -1
             rest = rest.dropFirst()
         }
-        // A bare number is seconds.
-        if let value = Double(rest), rest.allSatisfy({ $0.isNumber || $0 == "." }) { return sign * value }
         var total = 0.0
         var previousUnit = Double.infinity
         while !rest.isEmpty {
