@@ -57,6 +57,8 @@ struct Connect: ParsableCommand, HandlesShutdownSignals {
 
     func run() throws {
         let endpoint = try parseEndpoint(address)
+        // Nothing bound yet: a signal during a slow connect ends it at once.
+        if type != .dgram { exitOnShutdownSignals {} }
         do {
             switch type {
             case .stream:

@@ -55,6 +55,9 @@ struct EchoClient: ParsableCommand, HandlesShutdownSignals {
             local = try parseAddress(Self.defaultDatagramName(for: server))
         }
         let message = Array(self.message.utf8)
+        // With no file of its own yet to remove, a signal during a slow
+        // connect ends the client at once instead of waiting for it.
+        if local == nil { exitOnShutdownSignals {} }
         do {
             switch type {
             case .stream: try runStream(server: server, local: local, message: message)

@@ -243,6 +243,43 @@ struct FrontDoorCLITests {
         #expect(fileType(box.resolve("own.sock")) == nil, "its socket file is still there: \(box.entries())")
     }
 
+    @Test("a signal during a connect that waits (the listener's backlog is full) ends it at once with 0",
+          arguments: ["SIGINT", "SIGTERM"])
+    func shutdownDuringConnect(signal: String) async throws {
+        let box = try Sandbox()
+        defer { box.cleanup() }
+        // A listener that never accepts, its backlog filled: a blocking
+        // Unix stream connect then waits.
+        let full = try box.spawn("full listener", try Tools.python(), ["-c", """
+            import socket, sys, time
+            s = socket.socket(socket.AF_UNIX); s.bind("./full.sock"); s.listen(0)
+            held = []
+            for _ in range(4):
+                c = socket.socket(socket.AF_UNIX); c.setblocking(False)
+                try: c.connect("./full.sock")
+                except BlockingIOError: break
+                held.append(c)
+            print("full", flush=True)
+            time.sleep(120)
+            """])
+        try await full.waitForLine("full")
+        let client = try box.uds(["connect", "./full.sock"], withInput: true)
+        // Its socket exists: past start-up, and in (or about to be in) connect.
+        let connecting = await poll { !client.isRunning || holdsSocket(client.pid) }
+        #expect(connecting && client.isRunning, "\(client.transcript)")
+        client.signal(signal == "SIGINT" ? SIGINT : SIGTERM)
+        #expect(try await client.waitForExit(timeout: .seconds(30)) == .exited(0), "\(client.transcript)")
+    }
+
+    /// Whether process `pid` has a socket open (Linux `/proc/PID/fd`).
+    private func holdsSocket(_ pid: Int32) -> Bool {
+        let directory = "/proc/\(pid)/fd"
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return false }
+        return entries.contains { entry in
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: directory + "/" + entry))?.hasPrefix("socket:") == true
+        }
+    }
+
     private func waitForSocketFile(_ child: Child, _ box: Sandbox, _ name: String) async throws {
         let appeared = await poll { fileType(box.resolve(name)) == "s" || !child.isRunning }
         guard appeared, child.isRunning else {
