@@ -71,6 +71,7 @@ public enum AcceptRecoveryEvent: Sendable, CustomStringConvertible {
     /// A peer's credentials could not be read for the access policy; it was refused.
     case credentialsUnavailable(SocketError)
 
+    /// One line for a log, naming the error and what the listener did.
     public var description: String {
         switch self {
         case .shedConnection(let error): "\(error); closed a pending connection to keep serving"

@@ -80,7 +80,7 @@ public final class Connection: Sendable {
         try handle.readExactly(count)
     }
 
-    /// Writes some of `buffer` and returns how much; see ``writeAll(_:)``.
+    /// Writes some of `buffer` and returns how much; see ``writeAll(_:)-(UnsafeRawBufferPointer)``.
     ///
     /// The corresponding C function is `send` with `MSG_NOSIGNAL`.
     @inline(__always)

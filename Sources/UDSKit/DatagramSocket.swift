@@ -23,7 +23,7 @@ public final class DatagramSocket: Sendable {
     }
 
     /// A socket bound to `address`, with the same safe-bind rules as
-    /// ``StreamListener/bind(to:options:)``; the file is removed on close.
+    /// ``StreamListener/bind(to:options:admitting:)``; the file is removed on close.
     public static func bind(to address: UnixAddress, options: BindOptions = BindOptions()) throws(SocketError) -> DatagramSocket {
         let handle = try SocketHandle.open(.datagram, operation: "bind", label: address.description)
         let replaced = try handle.bind(to: address, options: options)

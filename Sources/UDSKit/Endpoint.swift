@@ -22,13 +22,17 @@
 public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     /// The two kinds of endpoint.
     public enum Kind: Hashable, Sendable {
+        /// A Unix socket address: a path or an abstract name.
         case unix(UnixAddress)
         /// A host name or numeric address (IPv6 without brackets) and a port.
         case tcp(host: String, port: UInt16)
     }
 
+    /// Unix or TCP, with the address.
     public let kind: Kind
 
+    /// An endpoint of the given kind; ``unix(_:)`` and ``tcp(host:port:)``
+    /// say the same more briefly.
     public init(kind: Kind) {
         self.kind = kind
     }

@@ -6,16 +6,24 @@ import SystemPackage
 ///     let status = try FileStatus(path: "./uds_socket")
 ///     print(status.modeString)       // srwxr-xr-x
 public struct FileStatus: Hashable, Sendable {
+    /// Regular file, directory, socket, and so on.
     public var type: FileType
     /// The permission bits, with set-user-ID, set-group-ID and sticky.
     public var permissions: FilePermissions
+    /// The owner's user ID.
     public var userID: UInt32
+    /// The owning group's ID.
     public var groupID: UInt32
+    /// The size in bytes (0 for a socket).
     public var size: Int64
+    /// The number of hard links.
     public var linkCount: UInt64
+    /// The device the file is on; with ``inode``, the file's identity.
     public var device: UInt64
+    /// The inode number on ``device``.
     public var inode: UInt64
 
+    /// A status from its fields; for tests, and for a status read another way.
     public init(
         type: FileType, permissions: FilePermissions, userID: UInt32, groupID: UInt32,
         size: Int64, linkCount: UInt64, device: UInt64, inode: UInt64

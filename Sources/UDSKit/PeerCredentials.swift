@@ -11,6 +11,7 @@ public struct PeerCredentials: Hashable, Sendable, CustomStringConvertible {
     /// reused once the process exits: ``StreamSocket/peerProcess()`` gives a
     /// handle that cannot be confused with a later process.
     public var processID: Int32?
+    /// The effective user ID.
     public var userID: UInt32
     /// The primary group ID.
     public var groupID: UInt32
@@ -21,6 +22,8 @@ public struct PeerCredentials: Hashable, Sendable, CustomStringConvertible {
     /// `nil` without a security module, or for datagrams.
     public var securityLabel: String?
 
+    /// Credentials from their parts, for tests and for access-policy checks
+    /// of one's own.
     public init(
         processID: Int32?, userID: UInt32, groupID: UInt32, supplementaryGroups: [UInt32]? = nil,
         securityLabel: String? = nil

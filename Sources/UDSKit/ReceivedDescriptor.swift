@@ -36,5 +36,6 @@ public final class ReceivedDescriptor: Sendable, CustomStringConvertible {
         if descriptor >= 0 { _ = Sys.close(descriptor) }
     }
 
+    /// `ReceivedDescriptor(7)`; `-1` once taken or closed.
     public var description: String { "ReceivedDescriptor(\(rawValue))" }
 }

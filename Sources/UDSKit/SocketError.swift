@@ -70,6 +70,12 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
     /// Why it failed.
     public var code: Code
 
+    /// An error for `operation` on `address`, for code that reports its own
+    /// failures the way UDSKit does.
+    /// - Parameters:
+    ///   - operation: What failed, such as `bind` or `connect`.
+    ///   - address: The address or path involved, if any, as the user wrote it.
+    ///   - code: Why it failed.
     public init(_ operation: String, address: String? = nil, code: Code) {
         self.operation = operation
         self.address = address
@@ -86,6 +92,7 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
         return nil
     }
 
+    /// One line for people: `bind(./uds_socket): a server is already listening there`.
     public var description: String {
         let subject = address.map { "\(operation)(\($0))" } ?? operation
         return "\(subject): \(reason)"
@@ -155,7 +162,22 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
 
 /// The type of a file, as `ls -l` shows it in its first column.
 public enum FileType: Hashable, Sendable {
-    case regular, directory, symbolicLink, characterDevice, blockDevice, socket, fifo, unknown
+    /// A regular file (`-`).
+    case regular
+    /// A directory (`d`).
+    case directory
+    /// A symbolic link (`l`), never followed.
+    case symbolicLink
+    /// A character device (`c`).
+    case characterDevice
+    /// A block device (`b`).
+    case blockDevice
+    /// A socket file (`s`).
+    case socket
+    /// A named pipe (`p`).
+    case fifo
+    /// Any other type the system reports.
+    case unknown
 
     /// The `ls -l` letter: `-` `d` `l` `c` `b` `s` `p`.
     public var letter: Character {
@@ -171,6 +193,7 @@ public enum FileType: Hashable, Sendable {
         }
     }
 
+    /// The type in words, for messages: `regular file`, `named pipe`.
     public var name: String {
         switch self {
         case .regular: "regular file"

@@ -2,8 +2,11 @@ import SystemPackage
 
 /// The type of a Unix socket, as `socket(2)` names it.
 public enum UnixSocketType: String, Hashable, Sendable, CaseIterable, CustomStringConvertible {
+    /// `SOCK_STREAM`: a connected byte stream.
     case stream
+    /// `SOCK_DGRAM`: messages, each with its sender.
     case datagram
+    /// `SOCK_SEQPACKET`: a connection that keeps message boundaries (Linux).
     case seqpacket
 
     /// `stream`, `dgram` or `seqpacket`, as the `uds` options spell it.

@@ -1,7 +1,7 @@
 /// A connected `SOCK_STREAM` socket: an ordered, reliable byte stream.
 ///
 /// Reads return what has arrived (at most the buffer's size), and zero at the
-/// end of the stream. ``writeAll(_:)`` sends every byte. Writing to a peer that
+/// end of the stream. ``writeAll(_:)-(UnsafeRawBufferPointer)`` sends every byte. Writing to a peer that
 /// has closed fails with `EPIPE`; it never raises `SIGPIPE`.
 ///
 /// All methods may be called from any thread. ``close()`` wakes calls that
@@ -68,7 +68,7 @@ public final class StreamSocket: Sendable {
         try handle.readExactly(count)
     }
 
-    /// Writes some of `buffer` and returns how much; see ``writeAll(_:)``.
+    /// Writes some of `buffer` and returns how much; see ``writeAll(_:)-(UnsafeRawBufferPointer)``.
     ///
     /// The corresponding C function is `send` with `MSG_NOSIGNAL`.
     @inline(__always)

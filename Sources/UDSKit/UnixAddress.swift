@@ -10,14 +10,18 @@
 public struct UnixAddress: Hashable, Sendable, CustomStringConvertible {
     /// Which of the three forms an address takes.
     public enum Kind: Hashable, Sendable {
+        /// A filesystem path: the socket is a file there.
         case path
+        /// A Linux abstract name, written `@name`: no file, no permissions.
         case abstract
+        /// No name: an unbound socket, or one end of a socket pair.
         case unnamed
     }
 
     /// The path bytes (without NUL) or the abstract name bytes (without the
     /// leading NUL); empty for an unnamed address.
     public let bytes: [UInt8]
+    /// A path, an abstract name, or unnamed.
     public let kind: Kind
 
     /// Trusts `bytes`: for addresses the kernel reported, which may use all of
@@ -89,7 +93,7 @@ public struct UnixAddress: Hashable, Sendable, CustomStringConvertible {
     /// names the same file but is a different address).
     /// - Throws: ``SocketError`` with `.invalidAddress` for a malformed escape
     ///   or for `(unnamed)`, which names no socket; otherwise what
-    ///   ``init(path:)`` or ``init(abstractName:)`` throws. The error's address
+    ///   ``init(path:)`` or ``init(abstractName:)-(String)`` throws. The error's address
     ///   is `text` as given.
     public init(_ text: String) throws(SocketError) {
         // By byte, not Character: "@" and a combining mark are one Character.

@@ -4,16 +4,21 @@ public struct UnixSocketEntry: Hashable, Sendable {
     public enum State: String, Hashable, Sendable {
         /// A stream or seqpacket socket accepting connections.
         case listening
+        /// A stream or seqpacket socket whose `connect` has not completed.
         case connecting
+        /// A connected stream or seqpacket socket, or a datagram socket
+        /// connected to one peer.
         case connected
         /// Neither listening nor connected: a bound datagram socket, or a
         /// stream socket between `bind` and `listen`.
         case unconnected
+        /// A connection being closed.
         case disconnecting
     }
 
     /// `nil` for a type `uds` does not know.
     public var type: UnixSocketType?
+    /// Listening, connected, and so on.
     public var state: State
     /// The address the socket is bound to, or ``UnixAddress/unnamed``. An
     /// accepted connection reports its listener's address.
@@ -24,11 +29,14 @@ public struct UnixSocketEntry: Hashable, Sendable {
     /// from the kernel itself (`UDIAG_SHOW_VFS`), or where only
     /// `/proc/net/unix` is available, from the file the bound path names now.
     public var fileDevice: UInt64?
+    /// The inode of that socket file; see ``fileDevice``.
     public var fileInode: UInt64?
     /// The processes holding a descriptor of it, where this process may look
     /// (all of them for root; otherwise those of the same user).
     public var processes: [SocketProcess]
 
+    /// Makes an entry from its fields, as the table reader does; for tests
+    /// and for code that builds its own table.
     public init(
         type: UnixSocketType?, state: State, address: UnixAddress, socketInode: UInt64,
         fileDevice: UInt64? = nil, fileInode: UInt64? = nil, processes: [SocketProcess] = []
@@ -50,10 +58,12 @@ public struct UnixSocketEntry: Hashable, Sendable {
 
 /// A process that holds a socket: its ID and command name.
 public struct SocketProcess: Hashable, Sendable, CustomStringConvertible {
+    /// The process ID.
     public var processID: Int32
     /// The command name, as `/proc/PID/comm` gives it (at most 15 bytes).
     public var command: String
 
+    /// A process with its ID and command name.
     public init(processID: Int32, command: String) {
         self.processID = processID
         self.command = command

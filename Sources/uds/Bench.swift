@@ -8,6 +8,8 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Load an AF_UNIX echo server: ping-pong latency and round trips/s, or streaming throughput.",
+        // Short enough for 80 columns; OPTIONS lists the rest.
+        usage: "uds bench <address> [--mode <mode>] [--size <size>] [options]",
         discussion: """
             ping-pong: each of C connections sends S bytes, waits for the same S bytes
             back (checked byte for byte), and repeats, for the given duration after a
@@ -37,28 +39,28 @@ struct Bench: AsyncParsableCommand {
     @Argument(help: "The echo server's address.")
     var address: String
 
-    @Option(help: "ping-pong or stream.")
+    @Option(help: "Round trips one message at a time, or a stream.")
     var mode: Mode = .pingpong
 
-    @Option(parsing: .unconditional, help: "Concurrent connections (ping-pong), \(OptionRange.connections.text), and connections times size at most 1 GiB.")
+    @Option(parsing: .unconditional, help: "Connections at once (ping-pong), \(OptionRange.connections.help); connections times size at most 1 GiB.")
     var connections: Int = 1
 
-    @Option(parsing: .unconditional, help: "Message size (ping-pong), \(OptionRange.bufferSize.text).")
+    @Option(parsing: .unconditional, help: "The size of each message in bytes (ping-pong), from \(OptionRange.bufferSize.help).")
     var size: Int = 100
 
-    @Option(parsing: .unconditional, help: "Seconds to measure (ping-pong), \(OptionRange.positiveSeconds.text).")
-    var duration: Double = 5
+    @Option(parsing: .unconditional, help: "How long to measure (ping-pong): a duration, \(OptionRange.positiveSeconds.help).")
+    var duration = DurationOption(seconds: 5)
 
-    @Option(parsing: .unconditional, help: "Seconds of warm-up before measuring (ping-pong), \(OptionRange.seconds.text).")
-    var warmup: Double = 1
+    @Option(parsing: .unconditional, help: "How long to warm up first (ping-pong): a duration, \(OptionRange.seconds.help).")
+    var warmup = DurationOption(seconds: 1)
 
-    @Option(parsing: .unconditional, help: "Bytes to stream (stream), \(OptionRange.streamLength.text).")
+    @Option(parsing: .unconditional, help: "The number of bytes to stream (stream), from \(OptionRange.streamLength.help).")
     var bytes: Int = 1 << 30
 
-    @Option(parsing: .unconditional, help: "Bytes per write (stream), \(OptionRange.bufferSize.text).")
+    @Option(parsing: .unconditional, help: "The size of each write in bytes (stream), from \(OptionRange.bufferSize.help).")
     var writeSize: Int = 65536
 
-    @Option(help: "The server's pid, to report its CPU time per operation (Linux).")
+    @Option(help: "The server's pid: report its CPU time per operation.")
     var serverPid: Int32?
 
     @Flag(help: "Print the result as one JSON object.")
@@ -110,8 +112,8 @@ struct Bench: AsyncParsableCommand {
 
         let clock = ContinuousClock()
         let start = clock.now
-        let measureFrom = start.advanced(by: .seconds(warmup))
-        let end = measureFrom.advanced(by: .seconds(duration))
+        let measureFrom = start.advanced(by: warmup.duration)
+        let end = measureFrom.advanced(by: duration.duration)
         let completed = Counter()
         let progress = quiet ? nil : Task { await reportProgress(completed, until: end, unit: "round trips") }
         defer { progress?.cancel() }
@@ -139,7 +141,7 @@ struct Bench: AsyncParsableCommand {
         let (cpuBefore, cpuAfter) = try await cpuWindow.value
         let roundTrips = Int(histogram.totalCount)
         return BenchResult(
-            mode: "ping-pong", connections: connections, size: size, seconds: duration,
+            mode: "ping-pong", connections: connections, size: size, seconds: duration.seconds,
             operations: roundTrips, histogram: histogram,
             serverCPUSeconds: cpuAfter.flatMap { after in cpuBefore.map { after.seconds - $0.seconds } }, bytes: nil)
     }

@@ -3,10 +3,12 @@ import Foundation
 import Synchronization
 import UDSKit
 
-struct Connect: ParsableCommand {
+struct Connect: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "connect",
         abstract: "Connect to a socket and copy standard input to it and what it sends to standard output, like nc -U.",
+        // Short enough for 80 columns; OPTIONS lists the rest.
+        usage: "uds connect <address> [--type <type>] [--timeout <timeout>] [options]",
         discussion: """
             ADDRESS is a socket path, @name (Linux abstract), unix:PATH, or tcp:HOST:PORT
             (TCP, with TCP_NODELAY). The copy is binary-safe. When standard input ends, the
@@ -33,19 +35,19 @@ struct Connect: ParsableCommand {
             """
     )
 
-    @Argument(help: "Where to connect: PATH, @name, unix:PATH or tcp:HOST:PORT.")
+    @Argument(help: "The server: PATH, @name, unix:PATH or tcp:HOST:PORT.")
     var address: String
 
     @Option(help: "The socket type: stream, dgram or seqpacket (Unix sockets only for the last two).")
     var type: SocketTypeOption = .stream
 
-    @Option(parsing: .unconditional, help: "Give up connecting after this long (seconds, or with ms/s/m; \(OptionRange.seconds.text)).")
+    @Option(parsing: .unconditional, help: "How long to try connecting: a duration, \(OptionRange.seconds.help).")
     var timeout: DurationOption?
 
-    @Option(parsing: .unconditional, help: "How long input may still be sent after the peer ends its stream (dgram: how long answers are awaited after input ends); \(OptionRange.seconds.text).")
-    var linger: DurationOption = DurationOption(argument: "0.5")!
+    @Option(parsing: .unconditional, help: "How long input may still be sent after the peer ends its stream (dgram: answers are awaited after input ends): a duration, \(OptionRange.seconds.help).")
+    var linger: DurationOption = DurationOption(seconds: 0.5)
 
-    @Option(name: .customLong("bind"), help: "dgram: the address to receive answers at (default: an automatic one).")
+    @Option(name: .customLong("bind"), help: "dgram: the address to receive answers at (by default a name of its own).")
     var localAddress: String?
 
     @Option(help: FrameOptions.frameHelp)
@@ -63,6 +65,8 @@ struct Connect: ParsableCommand {
 
     func run() throws {
         let endpoint = try parseEndpoint(address)
+        // Nothing bound yet: a signal during a slow connect ends it at once.
+        if type != .dgram { exitOnShutdownSignals {} }
         do {
             switch type {
             case .stream:
@@ -91,10 +95,12 @@ struct Connect: ParsableCommand {
         let router = InputRouter(lines: lines)
         router.attach(session, id: 1)
         router.start()
+        exitOnShutdownSignals { session.close() }
         defer { session.close() }
         do {
             try session.copyToStandardOutput()
         } catch {
+            yieldToShutdown()
             report(error)
             throw ExitCode.failure
         }
@@ -109,6 +115,7 @@ struct Connect: ParsableCommand {
     private func datagrams(to server: UnixAddress) throws {
         let local = try localAddress.map(parseAddress) ?? automaticAddress()
         let socket = try DatagramSocket.bind(to: local)
+        exitOnShutdownSignals { try? socket.close() }
         defer { try? socket.close() }
         try socket.connect(to: server)
         Thread.detachNewThread {
@@ -148,10 +155,12 @@ struct Connect: ParsableCommand {
     }
 }
 
-struct Listen: ParsableCommand {
+struct Listen: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "listen",
         abstract: "Wait for a connection and copy standard input to it and what it sends to standard output, like nc -lU.",
+        // Short enough for 80 columns; OPTIONS lists the rest.
+        usage: "uds listen <address> [--keep-open] [--type <type>] [options]",
         discussion: """
             ADDRESS is a socket path, @name (Linux abstract), unix:PATH, or tcp:[HOST:]PORT
             (TCP; the loopback address 127.0.0.1 unless a HOST such as 0.0.0.0 is named;
@@ -187,14 +196,15 @@ struct Listen: ParsableCommand {
     @Flag(help: "Serve one connection after another instead of exiting after the first.")
     var keepOpen = false
 
-    @Option(help: "The socket type: stream or seqpacket.")
-    var type: SocketTypeOption = .stream
+    @Option(name: .customLong("type"), help: "The socket type (datagrams: see uds recv).")
+    var connectionType: ConnectionTypeOption = .stream
+    var type: SocketTypeOption { connectionType.socketType }
 
     @Option(help: "The socket file's mode, in octal (e.g. 600).")
     var mode: FileModeOption?
 
-    @Option(parsing: .unconditional, help: "How long input may still be sent after a peer ends its stream; \(OptionRange.seconds.text).")
-    var linger: DurationOption = DurationOption(argument: "0.5")!
+    @Option(parsing: .unconditional, help: "How long input may still be sent after a peer ends its stream: a duration, \(OptionRange.seconds.help).")
+    var linger: DurationOption = DurationOption(seconds: 0.5)
 
     @Option(help: FrameOptions.frameHelp)
     var frame: FrameFormatOption?
@@ -203,7 +213,6 @@ struct Listen: ParsableCommand {
     var maxFrame: Int?
 
     func validate() throws {
-        if type == .dgram { throw ValidationError("for datagrams, use `uds recv ADDRESS`") }
         try OptionRange.seconds.check("--linger", linger)
         try FrameOptions.check(frame, maxFrame: maxFrame)
         if frame != nil && type != .stream { throw ValidationError("--frame needs --type stream") }

@@ -51,7 +51,7 @@ struct SendDescriptors: ParsableCommand {
     }
 }
 
-struct ReceiveDescriptors: ParsableCommand {
+struct ReceiveDescriptors: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "recv-fd",
         abstract: "Wait for send-fd, receive its descriptors, and copy each file to standard output.",
@@ -73,7 +73,7 @@ struct ReceiveDescriptors: ParsableCommand {
         let address = try parseAddress(address)
         do {
             let listener = try StreamListener.bind(to: address)
-            ShutdownSignals.install { _ in try? listener.close() }
+            exitOnShutdownSignals { try? listener.close() }
             defer { try? listener.close() }
             let (connection, _) = try listener.accept()
             defer { try? connection.close() }
@@ -99,6 +99,7 @@ struct ReceiveDescriptors: ParsableCommand {
                 try copyToStandardOutput(file, name: name)
             }
         } catch let error as SocketError {
+            yieldToShutdown()
             report(error)
             throw ExitCode.failure
         }

@@ -2,10 +2,12 @@ import ArgumentParser
 import Foundation
 import UDSKit
 
-struct EchoClient: ParsableCommand {
+struct EchoClient: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "echo-client",
-        abstract: "Send a message to an echo server and print what comes back.",
+        abstract: "Send a message to an echo server; print the echo.",
+        // Short enough for 80 columns; OPTIONS lists the rest.
+        usage: "uds echo-client [<address>] [--message <message>] [options]",
         discussion: """
             With the defaults the output matches the classic Python echo client line for
             line: it sends the message once and reads the echo back 16 bytes at a time.
@@ -29,7 +31,7 @@ struct EchoClient: ParsableCommand {
     @Option(help: "The message to send.")
     var message: String = "This is the message. It will be repeated."
 
-    @Option(parsing: .unconditional, help: "Bytes read at a time (stream), or the largest reply accepted (dgram, seqpacket); \(OptionRange.bufferSize.text).")
+    @Option(parsing: .unconditional, help: "Bytes per read (stream), or the largest reply (dgram, seqpacket); \(OptionRange.bufferSize.help).")
     var chunk: Int = 16
 
     @Option(help: "The socket type: stream, dgram or seqpacket.")
@@ -38,8 +40,8 @@ struct EchoClient: ParsableCommand {
     @Option(help: "Bind this address first, so the server sees who is calling (a path with the pid, say).")
     var bind: String?
 
-    @Option(parsing: .unconditional, help: "Seconds to wait for each reply before giving up; \(OptionRange.positiveSeconds.text).")
-    var timeout: Double = 10
+    @Option(parsing: .unconditional, help: "How long to wait for each reply before giving up: a duration, \(OptionRange.positiveSeconds.help).")
+    var timeout = DurationOption(seconds: 10)
 
     func validate() throws {
         try OptionRange.bufferSize.check("--chunk", chunk)
@@ -53,6 +55,9 @@ struct EchoClient: ParsableCommand {
             local = try parseAddress(Self.defaultDatagramName(for: server))
         }
         let message = Array(self.message.utf8)
+        // With no file of its own yet to remove, a signal during a slow
+        // connect ends the client at once instead of waiting for it.
+        if local == nil { exitOnShutdownSignals {} }
         do {
             switch type {
             case .stream: try runStream(server: server, local: local, message: message)
@@ -60,12 +65,13 @@ struct EchoClient: ParsableCommand {
             case .dgram: try runDatagram(server: server, local: local!, message: message)
             }
         } catch {
+            yieldToShutdown()
             report(error)
             throw ExitCode.failure
         }
     }
 
-    private var replyTimeout: Duration { .milliseconds(Int64(timeout * 1000)) }
+    private var replyTimeout: Duration { timeout.duration }
 
     static func defaultDatagramName(for server: UnixAddress) -> String {
         let pid = ProcessInfo.processInfo.processIdentifier
@@ -88,7 +94,7 @@ struct EchoClient: ParsableCommand {
     private func runStream(server: UnixAddress, local: UnixAddress?, message: [UInt8]) throws(SocketError) {
         say("connecting to \(server)")
         let socket = try StreamSocket.connect(to: server, from: local)
-        ShutdownSignals.install { _ in try? socket.close() }
+        exitOnShutdownSignals { try? socket.close() }
         defer {
             say("closing socket")
             try? socket.close()
@@ -111,7 +117,7 @@ struct EchoClient: ParsableCommand {
     private func runSeqpacket(server: UnixAddress, local: UnixAddress?, message: [UInt8]) throws(SocketError) {
         say("connecting to \(server)")
         let socket = try SeqpacketSocket.connect(to: server, from: local)
-        ShutdownSignals.install { _ in try? socket.close() }
+        exitOnShutdownSignals { try? socket.close() }
         defer {
             say("closing socket")
             try? socket.close()
@@ -132,7 +138,7 @@ struct EchoClient: ParsableCommand {
         // The client's own name must not replace anything: a live socket or
         // another file there is an error, like for any bind.
         let socket = try DatagramSocket.bind(to: local)
-        ShutdownSignals.install { _ in try? socket.close() }
+        exitOnShutdownSignals { try? socket.close() }
         defer {
             say("closing socket")
             try? socket.close()

@@ -4,10 +4,12 @@ import Synchronization
 import SystemPackage
 import UDSKit
 
-struct EchoServer: ParsableCommand {
+struct EchoServer: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "echo-server",
         abstract: "Echo every byte back to its sender: the classic Unix domain socket demo.",
+        // Short enough for 80 columns; OPTIONS lists the rest.
+        usage: "uds echo-server [<address>] [--type <type>] [--chunk <chunk>] [options]",
         discussion: """
             With --chunk 16 the output matches the classic Python echo server line for
             line. Unlike it, this server serves many clients at once; while more than one
@@ -31,13 +33,13 @@ struct EchoServer: ParsableCommand {
             """
     )
 
-    @Argument(help: "The socket path, or @name for a Linux abstract name.")
+    @Argument(help: "The socket's path or @name.")
     var address: String = "./uds_socket"
 
     @Option(help: "The socket type: stream, dgram or seqpacket.")
     var type: SocketTypeOption = .stream
 
-    @Option(parsing: .unconditional, help: "Bytes read at a time, \(OptionRange.bufferSize.text) (the classic server reads 16).")
+    @Option(parsing: .unconditional, help: "Bytes read at a time, \(OptionRange.bufferSize.help) (the classic server reads 16).")
     var chunk: Int = 65536
 
     @Option(help: "The socket file's mode, in octal (e.g. 600).")
@@ -49,7 +51,7 @@ struct EchoServer: ParsableCommand {
     @Option(name: .customLong("allow-uid"), help: "Admit only peers with this user ID (repeatable; with --allow-gid, either may match).")
     var allowedUserIDs: [UInt32] = []
 
-    @Option(name: .customLong("allow-gid"), help: "Admit only peers in this group, primary or supplementary (repeatable).")
+    @Option(name: .customLong("allow-gid"), help: "Admit only peers in this group, primary or supplementary (the option can be repeated).")
     var allowedGroupIDs: [UInt32] = []
 
     @Flag(help: "Print each client's pid, uid and gid (and on Linux its command name).")

@@ -205,6 +205,8 @@ struct Probe: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "probe",
         abstract: "Tell whether something listens at an address, and who; the answer is also the exit status.",
+        // Short enough for 80 columns; OPTIONS lists the rest.
+        usage: "uds probe <address> [--json] [--quiet] [options]",
         discussion: """
             Prints one line and exits with a status that says what is at ADDRESS:
 
@@ -235,10 +237,10 @@ struct Probe: ParsableCommand {
             """
     )
 
-    @Argument(help: "What to probe: PATH, @name, unix:PATH or tcp:HOST:PORT.")
+    @Argument(help: "The socket: PATH, @name, unix:PATH or tcp:HOST:PORT.")
     var address: String
 
-    @Flag(help: "Do not connect to a listener to learn its type and credentials.")
+    @Flag(help: "Do not connect to a listener to learn its socket type and its credentials.")
     var noIdentify = false
 
     @Flag(help: "Print JSON: address, state, and when known type, pid, uid, gid, command.")
@@ -247,7 +249,7 @@ struct Probe: ParsableCommand {
     @Flag(help: "Print nothing; the exit status is the answer.")
     var quiet = false
 
-    @Option(parsing: .unconditional, help: "TCP: how long to wait for the connection (seconds, or with ms/s/m; \(OptionRange.seconds.text)).")
+    @Option(parsing: .unconditional, help: "TCP: how long to wait for the connection: a duration, \(OptionRange.seconds.help).")
     var timeout: DurationOption?
 
     struct Answer: Encodable {

@@ -3,10 +3,12 @@ import Foundation
 import Synchronization
 import UDSKit
 
-struct Send: ParsableCommand {
+struct Send: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "send",
         abstract: "Send datagrams or seqpacket messages: one per MESSAGE, or one per line of standard input.",
+        // Short enough for 80 columns; OPTIONS lists the rest.
+        usage: "uds send <address> [<messages> ...] [--type <type>] [options]",
         discussion: """
             Each MESSAGE is sent as one message, whole, with its boundaries kept; with no
             MESSAGE, each line of standard input is one (without its newline). A datagram
@@ -27,20 +29,20 @@ struct Send: ParsableCommand {
     @Argument(help: "Where to send: PATH, @name or unix:PATH.")
     var address: String
 
-    @Argument(help: "The messages, one message each; none reads lines from standard input.")
+    @Argument(help: "The messages, each sent as one; with none, each line of standard input is one.")
     var messages: [String] = []
 
-    @Option(help: "The socket type: dgram or seqpacket.")
-    var type: SocketTypeOption = .dgram
+    @Option(name: .customLong("type"), help: "The socket type (streams: see uds connect and uds listen).")
+    var messageType: MessageTypeOption = .dgram
+    var type: SocketTypeOption { messageType.socketType }
 
     @Option(name: .customLong("bind"), help: "An address to send from, so the receiver sees (and can answer) it.")
     var localAddress: String?
 
-    @Option(parsing: .unconditional, help: "Fail if a message cannot be sent within this long (the receiver's queue stays full); \(OptionRange.seconds.text).")
+    @Option(parsing: .unconditional, help: "Fail if a message cannot be sent for this long (the receiver's queue is full): a duration, \(OptionRange.seconds.help).")
     var timeout: DurationOption?
 
     func validate() throws {
-        if type == .stream { throw ValidationError("for streams, use `uds connect ADDRESS`") }
         try OptionRange.seconds.check("--timeout", timeout)
     }
 
@@ -49,7 +51,7 @@ struct Send: ParsableCommand {
         let local = try localAddress.map(parseAddress)
         do {
             let deliver: ([UInt8]) throws -> Void
-            let finish: () -> Void
+            let finish: @Sendable () -> Void
             switch type {
             case .dgram, .stream:
                 let socket = try local.map { address throws(SocketError) in try DatagramSocket.bind(to: address) }
@@ -66,6 +68,7 @@ struct Send: ParsableCommand {
                     try? socket.close()
                 }
             }
+            exitOnShutdownSignals(finish)
             defer { finish() }
             if messages.isEmpty {
                 let reader = InputReader(lines: true)
@@ -83,10 +86,12 @@ struct Send: ParsableCommand {
     }
 }
 
-struct Receive: ParsableCommand {
+struct Receive: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "recv",
         abstract: "Bind a socket and print each datagram or seqpacket message it receives, with its sender.",
+        // Short enough for 80 columns; OPTIONS lists the rest.
+        usage: "uds recv <address> [--type <type>] [--count <count>] [options]",
         discussion: """
             Each message is printed on one line: received b'...' from SENDER, the bytes as
             Python prints them (so any byte is visible and the line stays one line), and the
@@ -112,16 +117,17 @@ struct Receive: ParsableCommand {
     @Argument(help: "Where to receive: PATH, @name or unix:PATH.")
     var address: String
 
-    @Option(help: "The socket type: dgram or seqpacket.")
-    var type: SocketTypeOption = .dgram
+    @Option(name: .customLong("type"), help: "The socket type (streams: see uds connect and uds listen).")
+    var messageType: MessageTypeOption = .dgram
+    var type: SocketTypeOption { messageType.socketType }
 
-    @Option(parsing: .unconditional, help: "Exit after this many messages (\(OptionRange.count.text)).")
+    @Option(parsing: .unconditional, help: "Exit after this many messages (\(OptionRange.count.help)).")
     var count: Int?
 
-    @Option(parsing: .unconditional, help: "Stop after this long without a message (seconds, or with ms/s/m; \(OptionRange.seconds.text)).")
+    @Option(parsing: .unconditional, help: "Stop after this long with no message (\(OptionRange.seconds.help)).")
     var timeout: DurationOption?
 
-    @Flag(help: "Print only each message's bytes, followed by a newline.")
+    @Flag(help: "Print only the bytes of each message, each followed by a newline.")
     var raw = false
 
     @Flag(help: "Also print each sender's pid, uid and gid, as the kernel vouches for them (Linux for dgram).")
@@ -131,7 +137,6 @@ struct Receive: ParsableCommand {
     var mode: FileModeOption?
 
     func validate() throws {
-        if type == .stream { throw ValidationError("for streams, use `uds listen ADDRESS`") }
         try OptionRange.count.check("--count", count)
         try OptionRange.seconds.check("--timeout", timeout)
     }

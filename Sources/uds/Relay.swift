@@ -3,10 +3,12 @@ import Foundation
 import Synchronization
 import UDSKit
 
-struct Relay: ParsableCommand {
+struct Relay: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "relay",
         abstract: "Relay bytes both ways between two endpoints, like socat: Unix sockets, TCP, standard I/O.",
+        // Short enough for 80 columns; OPTIONS lists the rest.
+        usage: "uds relay <from> <to> [--max-conns <max-conns>] [--once] [options]",
         discussion: """
             FROM is where connections come from; TO is what each of them is relayed to:
 
@@ -52,19 +54,19 @@ struct Relay: ParsableCommand {
     @Argument(help: "Where each connection is relayed to: an endpoint to connect to, or stdio.")
     var to: String
 
-    @Option(name: .customLong("max-conns"), parsing: .unconditional, help: "The most connections relayed at once, \(OptionRange.connections.text).")
+    @Option(name: .customLong("max-conns"), parsing: .unconditional, help: "Connections at once, \(OptionRange.connections.help).")
     var maxConnections = 100
 
     @Flag(help: "Relay one connection, then exit.")
     var once = false
 
-    @Flag(name: [.short, .long], help: "Report each connection and its byte counts on standard error.")
+    @Flag(name: [.short, .long], help: "Log each connection and its byte counts to stderr.")
     var verbose = false
 
-    @Option(parsing: .unconditional, help: "Give up connecting to TO after this long (seconds, or with ms/s/m; \(OptionRange.seconds.text)).")
+    @Option(parsing: .unconditional, help: "Give up connecting to TO after this long: a duration, \(OptionRange.seconds.help).")
     var timeout: DurationOption?
 
-    @Option(help: "unix-listen: the socket file's mode, in octal (e.g. 660).")
+    @Option(help: "unix-listen: the socket file's mode, in octal (660).")
     var mode: FileModeOption?
 
     func validate() throws {
@@ -89,6 +91,7 @@ struct Relay: ParsableCommand {
         case .listen(let endpoint):
             try serve(endpoint, target: target, log: log, connectTimeout: connectTimeout)
         case .connect, .stdio:
+            exitOnShutdownSignals {}
             do {
                 let first = try source.open(timeout: connectTimeout)
                 let second: any ByteStream

@@ -48,6 +48,14 @@ enum ShutdownSignals {
             return
         }
         Thread.detachNewThread {
+            // A process inherits the signal mask of the thread that started
+            // it; a test runner's pool thread blocks SIGINT and SIGTERM, and so
+            // would every thread here, leaving the signals pending forever.
+            // This thread takes them, whatever the mask it started with.
+            var wanted = sigset_t()
+            sigemptyset(&wanted)
+            for number in numbers { sigaddset(&wanted, number) }
+            pthread_sigmask(SIG_UNBLOCK, &wanted, nil)
             var byte: UInt8 = 0
             while true {
                 let count = read(pipe, &byte, 1)

@@ -262,38 +262,6 @@ final class InputRouter: Sendable {
     }
 }
 
-/// A duration given in seconds (`2`, `0.5`) or with a unit (`500ms`, `2s`, `1m`).
-/// Any number parses, negative or huge, so that `validate()` can name it in
-/// its one usage line (see ``OptionRange``).
-struct DurationOption: ExpressibleByArgument, CustomStringConvertible {
-    let seconds: Double
-    let text: String
-
-    init?(argument: String) {
-        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60)]
-        var number = Substring(argument)
-        var scale = 1.0
-        for (suffix, factor) in units where argument.hasSuffix(suffix) {
-            number = argument.dropLast(suffix.count)
-            scale = factor
-            break
-        }
-        guard let value = Double(number) else { return nil }
-        seconds = value * scale
-        text = argument
-    }
-
-    var description: String { text }
-
-    /// Clamped to what a `Duration` of nanoseconds holds, so that even an
-    /// unchecked value cannot trap in the conversion.
-    var duration: Duration {
-        let nanoseconds = seconds * 1e9
-        guard nanoseconds > 0 else { return .zero }  // NaN too
-        return nanoseconds < 9e18 ? .nanoseconds(Int64(nanoseconds)) : .nanoseconds(Int64.max)
-    }
-}
-
 /// Parses an endpoint (`PATH`, `@name`, `unix:PATH`, `tcp:HOST:PORT`),
 /// turning a bad one into a one-line error.
 func parseEndpoint(_ text: String) throws -> Endpoint {

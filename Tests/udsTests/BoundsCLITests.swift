@@ -33,7 +33,7 @@ struct BoundsCLITests {
         Case(arguments: ["echo-client", "nobody.sock", "--chunk", "1000000000000"], shown: "--chunk 1000000000000", range: buffer),
         Case(arguments: ["echo-client", "nobody.sock", "--chunk", "-16"], shown: "--chunk -16", range: buffer),
         Case(arguments: ["echo-client", "nobody.sock", "--timeout", "0"], shown: "--timeout 0", range: positiveSeconds),
-        Case(arguments: ["echo-client", "nobody.sock", "--timeout", "1e300"], shown: "--timeout 1e+300", range: positiveSeconds),
+        Case(arguments: ["echo-client", "nobody.sock", "--timeout", "1e300"], shown: "--timeout 1e300", range: positiveSeconds),
         Case(arguments: ["bench", "b.sock", "--size", "1000000000000"], shown: "--size 1000000000000", range: buffer),
         Case(arguments: ["bench", "b.sock", "--size", "-1"], shown: "--size -1", range: buffer),
         Case(arguments: ["bench", "b.sock", "--connections", "0"], shown: "--connections 0", range: "1 to 10000"),
@@ -84,6 +84,7 @@ struct BoundsCLITests {
         #expect(server.stderr.text == "", "\(server.transcript)")
     }
 
+    /// Help gives the short form (`OptionRange.help`); errors the exact one.
     @Test("help gives each range")
     func helpNamesTheRange() async throws {
         let box = try Sandbox()
@@ -93,8 +94,8 @@ struct BoundsCLITests {
             child.stdout.text.split(whereSeparator: \.isWhitespace).joined(separator: " ")
         }
         let server = try await box.run(try box.uds(["echo-server", "--help"]))
-        #expect(unwrapped(server).contains("--chunk <chunk> Bytes read at a time, 1 to 67108864 bytes (64 MiB)"), "\(server.transcript)")
+        #expect(unwrapped(server).contains("--chunk <chunk> Bytes read at a time, 1 to 64 MiB"), "\(server.transcript)")
         let bench = try await box.run(try box.uds(["bench", "--help"]))
-        #expect(unwrapped(bench).contains("1 to 10000, and connections times size at most 1 GiB"), "\(bench.transcript)")
+        #expect(unwrapped(bench).contains("1 to 10000; connections times size at most 1 GiB"), "\(bench.transcript)")
     }
 }
