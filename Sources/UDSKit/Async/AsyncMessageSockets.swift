@@ -138,8 +138,12 @@ public final class AsyncSeqpacketListener: Sendable {
     }
 
     /// Binds and listens, with the safe-bind rules of ``StreamListener``.
-    /// - Parameter loops: A loop, or a group whose loops take the accepted
-    ///   connections in turn (the listener itself watches on the first).
+    /// - Parameters:
+    ///   - address: A path or an abstract name.
+    ///   - options: Mode, owner and group of the socket file, stale-file policy, backlog.
+    ///   - accessPolicy: Which peers ``accept(timeout:)`` lets through.
+    ///   - loops: A loop, or a group whose loops take the accepted
+    ///     connections in turn (the listener itself watches on the first).
     public static func bind(
         to address: UnixAddress, options: BindOptions = BindOptions(),
         admitting accessPolicy: AccessPolicy = .everyone, on loops: any EventLoopSource = EventLoop.shared
@@ -272,16 +276,19 @@ public final class AsyncSeqpacketSocket: Sendable {
 /// The sequence ends when the socket closes (datagram) or at the end of the
 /// connection (seqpacket).
 public struct Messages: AsyncSequence, Sendable {
+    /// A message's bytes and its receipt.
     public typealias Element = (bytes: [UInt8], receipt: ReceivedMessage)
     let core: AsyncCore
     let maximumSize: Int
     let wantSender: Bool
 
+    /// Receives one message per call.
     public struct AsyncIterator: AsyncIteratorProtocol {
         let core: AsyncCore
         let maximumSize: Int
         let wantSender: Bool
 
+        /// The next message, or `nil` at the end (closed socket or connection).
         public mutating func next() async throws -> Element? {
             var bytes = [UInt8](repeating: 0, count: maximumSize)
             let wantSender = self.wantSender
@@ -303,6 +310,7 @@ public struct Messages: AsyncSequence, Sendable {
         }
     }
 
+    /// An iterator that receives from the socket.
     public func makeAsyncIterator() -> AsyncIterator {
         AsyncIterator(core: core, maximumSize: maximumSize, wantSender: wantSender)
     }

@@ -26,9 +26,13 @@ public final class AsyncStreamListener: Sendable {
     }
 
     /// Binds and listens, with the rules of ``StreamListener/bind(to:options:admitting:)``.
-    /// - Parameter loops: The loop that watches this listener and its
-    ///   connections, or a group whose loops take the accepted connections in
-    ///   turn (the listener itself watches on the first).
+    /// - Parameters:
+    ///   - address: A path or an abstract name.
+    ///   - options: Mode, owner and group of the socket file, stale-file policy, backlog.
+    ///   - accessPolicy: Which peers ``accept(timeout:)`` lets through.
+    ///   - loops: The loop that watches this listener and its
+    ///     connections, or a group whose loops take the accepted connections in
+    ///     turn (the listener itself watches on the first).
     public static func bind(
         to address: UnixAddress, options: BindOptions = BindOptions(),
         admitting accessPolicy: AccessPolicy = .everyone, on loops: any EventLoopSource = EventLoop.shared
@@ -63,12 +67,15 @@ public final class AsyncStreamListener: Sendable {
 
     /// Incoming connections with their peers' addresses.
     public struct Connections: AsyncSequence, Sendable {
+        /// A connection and its peer's address.
         public typealias Element = (connection: AsyncStreamSocket, peer: UnixAddress)
         let listener: AsyncStreamListener
 
+        /// Accepts one connection per call.
         public struct AsyncIterator: AsyncIteratorProtocol {
             let listener: AsyncStreamListener
 
+            /// The next connection, or `nil` once the listener is closed.
             public mutating func next() async throws -> Element? {
                 do {
                     return try await listener.accept()
@@ -78,6 +85,7 @@ public final class AsyncStreamListener: Sendable {
             }
         }
 
+        /// An iterator that accepts from the listener.
         public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(listener: listener) }
     }
 
@@ -97,7 +105,7 @@ public final class AsyncStreamListener: Sendable {
 /// peer is not reading, so nothing is buffered without bound. Each takes an
 /// optional `timeout`, after which it throws `.timedOut`; cancelling the task
 /// throws `CancellationError` promptly. After a timeout or cancellation the
-/// bytes already transferred stay transferred: a cancelled ``writeAll(_:timeout:)``
+/// bytes already transferred stay transferred: a cancelled `writeAll`
 /// may have sent a prefix, so the stream should then be closed.
 ///
 /// Two levels, like tokio: `read`/`writeAll` do the waiting, while
@@ -214,7 +222,7 @@ public final class AsyncStreamSocket: Sendable {
     }
 
     /// Writes every byte of `buffer`, with `descriptors` riding on the first
-    /// bytes (`SCM_RIGHTS`); see ``StreamSocket/writeAll(_:descriptors:)``.
+    /// bytes (`SCM_RIGHTS`); see `StreamSocket.writeAll(_:descriptors:)`.
     public func writeAll(_ buffer: UnsafeRawBufferPointer, descriptors: [CInt], timeout: Duration? = nil) async throws {
         let deadline = AsyncCore.deadline(after: timeout)
         let first = try await core.send(buffer, descriptors: descriptors, to: nil, needsData: true, deadline: deadline)

@@ -96,6 +96,8 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
 
     // MARK: TaskExecutor
 
+    /// Runs `job` on the loop's thread: at once in the next pass if enqueued
+    /// there, else after a wakeup; on the global executor once the loop stopped.
     public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
         if inEventLoop {

@@ -369,6 +369,7 @@ public enum ShutdownDirection: Sendable {
     case read
     /// No more writes; the peer reads end-of-stream after the data already sent.
     case write
+    /// Both directions.
     case both
 }
 
