@@ -159,6 +159,6 @@ struct AsyncAncillaryTests {
         let ended = try? await refused.read(upTo: 1, timeout: .seconds(20))
         #expect(ended == nil || ended == [])
         let recorded = refusals.withLock { $0 }
-        #expect(recorded == [PeerCredentials(processID: getpid(), userID: getuid(), groupID: getgid())])
+        #expect(recorded.map(\.pidUidGid) == [PeerCredentials(processID: getpid(), userID: getuid(), groupID: getgid())])
     }
 }
