@@ -42,6 +42,15 @@ public struct UnixSocketEntry: Hashable, Sendable {
         self.processes = processes
     }
 
+    /// Whether this socket bound its address itself, rather than being a
+    /// connection accepted from a listener (which reports the listener's
+    /// address). A bound datagram socket holds its address in any state:
+    /// Linux marks it connected once a peer connects to it (even a probe).
+    public var holdsAddress: Bool {
+        guard address.kind != .unnamed else { return false }
+        return type == .datagram || state == .listening || state == .unconnected
+    }
+
     /// Whether this socket created the file `status` describes.
     public func isBound(to status: FileStatus) -> Bool {
         fileInode == status.inode && fileDevice == status.device

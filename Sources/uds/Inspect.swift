@@ -135,7 +135,7 @@ struct List: ParsableCommand {
             case .notASocket?: continue
             case nil: state = "unknown"
             }
-            let holders = table?.filter { $0.isBound(to: file) && $0.state != .connected } ?? []
+            let holders = table?.filter { $0.isBound(to: file) && $0.holdsAddress } ?? []
             if let known = holders.lazy.compactMap(\.type).first { type = known.description }
             let processes = Array(Set(holders.flatMap(\.processes))).sorted { $0.processID < $1.processID }
             rows.append(FileRow(
@@ -155,7 +155,7 @@ struct List: ParsableCommand {
     private func printAbstract(_ table: [UnixSocketEntry]) {
         var seen: Set<UInt64> = []
         var rows: [AbstractRow] = []
-        let named = table.filter { $0.address.kind == .abstract && $0.state != .connected && $0.state != .connecting }
+        let named = table.filter { $0.address.kind == .abstract && $0.holdsAddress }
         for entry in named.sorted(by: { $0.address.description < $1.address.description })
         where seen.insert(entry.socketInode).inserted {
             let state = entry.state == .listening || entry.type == .datagram ? "listening" : "bound"
