@@ -68,7 +68,11 @@ struct Connect: ParsableCommand {
                 try datagrams(to: try unixAddress(of: endpoint, for: "--type dgram"))
             }
         } catch let error as SocketError {
-            report(error)
+            if error.operation == "connect", let server = endpoint.unixAddress {
+                report(Diagnosis.connect(error, to: server, as: type.socketType))
+            } else {
+                report(Diagnosis.bind(error))
+            }
             throw ExitCode.failure
         }
     }
@@ -83,12 +87,12 @@ struct Connect: ParsableCommand {
         do {
             try session.copyToStandardOutput()
         } catch {
-            report(error)
+            report(Diagnosis.peerClosed(error))
             throw ExitCode.failure
         }
         router.waitForInput(1, timeout: linger.seconds)
         if let failure = router.detach(1) {
-            report(failure)
+            report(Diagnosis.peerClosed(failure))
             throw ExitCode.failure
         }
     }
@@ -96,6 +100,7 @@ struct Connect: ParsableCommand {
     /// Sends each line as a datagram and prints the answers.
     private func datagrams(to server: UnixAddress) throws {
         let local = try localAddress.map(parseAddress) ?? automaticAddress()
+        try requireBindable(.unix(local))
         let socket = try DatagramSocket.bind(to: local)
         defer { try? socket.close() }
         try socket.connect(to: server)
@@ -198,6 +203,7 @@ struct Listen: ParsableCommand {
             Console.standardError.line("uds: listen: stdio is not an address to listen on")
             throw ExitCode(64)
         }
+        try requireBindable(endpoint)
         let options = BindOptions(permissions: mode?.permissions)
         let router = InputRouter(lines: type == .seqpacket)
         do {
@@ -252,7 +258,7 @@ struct Listen: ParsableCommand {
             } while keepOpen
         } catch let error as SocketError {
             yieldToShutdown()
-            report(error)
+            report(Diagnosis.bind(error))
             throw ExitCode.failure
         }
     }

@@ -16,6 +16,9 @@ struct EchoServer: ParsableCommand {
             any other kind of file at the path is never touched. SIGINT or SIGTERM stop
             the server and remove its socket file.
 
+            A peer refused by --allow-uid or --allow-gid is closed at once, unread: its
+            client sees end-of-stream, or "broken pipe" if it writes first.
+
             Errors with single clients are rate-limited: the first of each kind is
             printed, and repeats within 10 s are counted in one line at the end of the
             10 s. With --quiet, clients that leave before reading their echo (broken
@@ -91,6 +94,7 @@ struct EchoServer: ParsableCommand {
     /// to a server out of descriptors.
     func run() throws {
         let address = try parseAddress(address)
+        try requireBindable(.unix(address))
         // Before the socket exists: a signal from then on stops the server cleanly.
         ShutdownSignals.prepare()
         raiseDescriptorLimit()
@@ -162,7 +166,7 @@ struct EchoServer: ParsableCommand {
                 try serveDatagrams(socket: socket, transcript: transcript)
             }
         } catch {
-            report(error)
+            report((error as? SocketError).map(Diagnosis.bind) ?? error)
             throw ExitCode.failure
         }
     }

@@ -47,18 +47,22 @@ struct Send: ParsableCommand {
     func run() throws {
         let server = try unixAddress(of: try parseEndpoint(address), for: "send")
         let local = try localAddress.map(parseAddress)
+        if let local { try requireBindable(.unix(local)) }
         do {
             let deliver: ([UInt8]) throws -> Void
             let finish: () -> Void
             switch type {
             case .dgram, .stream:
+                // Checked before the first message, so that no message at all
+                // still reports an address nobody could send to.
+                if let unreachable = Diagnosis.datagramDestination(server) { throw unreachable }
                 let socket = try local.map { address throws(SocketError) in try DatagramSocket.bind(to: address) }
                     ?? DatagramSocket.unbound()
                 try socket.setWriteTimeout(timeout?.duration)
                 deliver = { try socket.send($0, to: server) }
                 finish = { try? socket.close() }
             case .seqpacket:
-                let socket = try SeqpacketSocket.connect(to: server, from: local)
+                let socket = try connectSeqpacket(to: server, from: local)
                 try socket.setWriteTimeout(timeout?.duration)
                 deliver = { try socket.send($0) }
                 finish = {
@@ -80,6 +84,15 @@ struct Send: ParsableCommand {
             report(error)
             throw ExitCode.failure
         }
+    }
+}
+
+/// A seqpacket connection to `server`, a failure explained.
+private func connectSeqpacket(to server: UnixAddress, from local: UnixAddress?) throws(SocketError) -> SeqpacketSocket {
+    do {
+        return try SeqpacketSocket.connect(to: server, from: local)
+    } catch where error.operation == "connect" {
+        throw Diagnosis.connect(error, to: server, as: .seqpacket)
     }
 }
 
@@ -139,6 +152,7 @@ struct Receive: ParsableCommand {
     func run() throws {
         let endpoint = try parseEndpoint(address)
         let address = try unixAddress(of: endpoint, for: "recv")
+        try requireBindable(endpoint)
         let options = BindOptions(permissions: mode?.permissions)
         let tally = MessageTally(limit: count, raw: raw)
         let close: @Sendable () -> Void
@@ -158,7 +172,7 @@ struct Receive: ParsableCommand {
                 Thread.detachNewThread { acceptConnections(listener, tally: tally, credentials: showCredentials) }
             }
         } catch {
-            report(error)
+            report(Diagnosis.bind(error))
             throw ExitCode.failure
         }
         exitOnShutdownSignals(close)

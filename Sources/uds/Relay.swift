@@ -83,6 +83,7 @@ struct Relay: ParsableCommand {
             Console.standardError.line("uds: relay: FROM and TO cannot both be stdio")
             throw ExitCode(64)
         }
+        if case .listen(let endpoint) = source { try requireBindable(endpoint) }
         let log = RelayLog(verbose: verbose)
         let connectTimeout = timeout?.duration
         switch source {
@@ -113,7 +114,7 @@ struct Relay: ParsableCommand {
         do {
             listener = try EndpointListener.bind(to: endpoint, options: BindOptions(permissions: mode?.permissions))
         } catch {
-            report(error)
+            report(Diagnosis.bind(error))
             throw ExitCode.failure
         }
         if listener.replacedStaleSocket { announceStaleReplaced(endpoint) }
@@ -213,7 +214,12 @@ enum RelayEndpoint: CustomStringConvertible {
     func open(timeout: Duration?) throws(SocketError) -> any ByteStream {
         switch self {
         case .connect(let endpoint):
-            return ConnectionStream(connection: try Connection.connect(to: endpoint, timeout: timeout))
+            do {
+                return ConnectionStream(connection: try Connection.connect(to: endpoint, timeout: timeout))
+            } catch {
+                guard let address = endpoint.unixAddress else { throw error }
+                throw Diagnosis.connect(error, to: address, as: .stream, suggesting: false)
+            }
         case .stdio:
             return StdioStream()
         case .listen(let endpoint):
