@@ -28,11 +28,23 @@ public struct UnixSocketEntry: Hashable, Sendable {
     /// The processes holding a descriptor of it, where this process may look
     /// (all of them for root; otherwise those of the same user).
     public var processes: [SocketProcess]
+    /// The socket inode of the peer it is connected to; nil when unconnected
+    /// or where only `/proc/net/unix` is available.
+    public var peerInode: UInt64?
+    /// What `ss` shows as Recv-Q and Send-Q: bytes queued to read and not yet
+    /// read by the peer; for a listener, the connections waiting for accept
+    /// and the backlog. Nil where only `/proc/net/unix` is available.
+    public var receiveQueue: UInt32?
+    public var sendQueue: UInt32?
 
     public init(
         type: UnixSocketType?, state: State, address: UnixAddress, socketInode: UInt64,
-        fileDevice: UInt64? = nil, fileInode: UInt64? = nil, processes: [SocketProcess] = []
+        fileDevice: UInt64? = nil, fileInode: UInt64? = nil, processes: [SocketProcess] = [],
+        peerInode: UInt64? = nil, receiveQueue: UInt32? = nil, sendQueue: UInt32? = nil
     ) {
+        self.peerInode = peerInode
+        self.receiveQueue = receiveQueue
+        self.sendQueue = sendQueue
         self.type = type
         self.state = state
         self.address = address
@@ -75,8 +87,8 @@ public struct SocketProcess: Hashable, Sendable, CustomStringConvertible {
 /// The kernel's table of Unix sockets (Linux): what `ss -x` shows, and which
 /// processes hold each socket.
 public enum UnixSocketTable {
-    /// The Unix sockets that have an address (bound ones, and connections
-    /// accepted from them), with the processes that hold them.
+    /// Every Unix socket (named or not, in any state), with the processes
+    /// that hold them.
     ///
     /// Read with the kernel's socket diagnostics (`NETLINK_SOCK_DIAG`), which
     /// report abstract names exactly and the inode of each socket file; where
