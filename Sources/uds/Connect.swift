@@ -48,6 +48,9 @@ struct Connect: ParsableCommand {
     @Option(name: .customLong("bind"), help: "dgram: the address to receive answers at (default: an automatic one).")
     var localAddress: String?
 
+    @OptionGroup(title: "Dump")
+    var dumpOptions: DumpOptions
+
     func validate() throws {
         try OptionRange.seconds.check("--timeout", timeout)
         try OptionRange.seconds.check("--linger", linger)
@@ -55,17 +58,18 @@ struct Connect: ParsableCommand {
 
     func run() throws {
         let endpoint = try parseEndpoint(address)
+        let tap = try dumpOptions.makeDump()?.tap("stdio", endpoint.description)
         do {
             switch type {
             case .stream:
                 let connection = try Connection.connect(to: endpoint, timeout: timeout?.duration)
-                try converse(StreamSession(connection: connection), lines: false)
+                try converse(StreamSession(connection: connection, tap: tap), lines: false)
             case .seqpacket:
                 let server = try unixAddress(of: endpoint, for: "--type seqpacket")
                 let socket = try SeqpacketSocket.connect(to: server)
-                try converse(SeqpacketSession(socket: socket, peer: server.description), lines: true)
+                try converse(SeqpacketSession(socket: socket, peer: server.description, tap: tap), lines: true)
             case .dgram:
-                try datagrams(to: try unixAddress(of: endpoint, for: "--type dgram"))
+                try datagrams(to: try unixAddress(of: endpoint, for: "--type dgram"), tap: tap)
             }
         } catch let error as SocketError {
             if error.operation == "connect", let server = endpoint.unixAddress {
@@ -98,7 +102,7 @@ struct Connect: ParsableCommand {
     }
 
     /// Sends each line as a datagram and prints the answers.
-    private func datagrams(to server: UnixAddress) throws {
+    private func datagrams(to server: UnixAddress, tap: DumpTap?) throws {
         let local = try localAddress.map(parseAddress) ?? automaticAddress()
         try requireBindable(.unix(local))
         let socket = try DatagramSocket.bind(to: local)
@@ -108,6 +112,7 @@ struct Connect: ParsableCommand {
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maximumMessageSize, alignment: 1)
             defer { buffer.deallocate() }
             while let receipt = try? socket.receive(into: buffer) {
+                tap?.record(.backward, UnsafeRawBufferPointer(rebasing: buffer[..<receipt.count]))
                 var line = Array(buffer[..<receipt.count])
                 line.append(UInt8(ascii: "\n"))
                 do {
@@ -120,6 +125,7 @@ struct Connect: ParsableCommand {
         let reader = InputReader(lines: true)
         do {
             while let line = try reader.next() {
+                tap?.record(.forward, line)
                 try socket.send(line)
             }
         } catch {
@@ -189,6 +195,9 @@ struct Listen: ParsableCommand {
     @Option(parsing: .unconditional, help: "How long input may still be sent after a peer ends its stream; \(OptionRange.seconds.text).")
     var linger: DurationOption = DurationOption(argument: "0.5")!
 
+    @OptionGroup(title: "Dump")
+    var dumpOptions: DumpOptions
+
     func validate() throws {
         if type == .dgram { throw ValidationError("for datagrams, use `uds recv ADDRESS`") }
         try OptionRange.seconds.check("--linger", linger)
@@ -206,6 +215,7 @@ struct Listen: ParsableCommand {
         try requireBindable(endpoint)
         let options = BindOptions(permissions: mode?.permissions)
         let router = InputRouter(lines: type == .seqpacket)
+        let dump = try dumpOptions.makeDump()
         do {
             let accept: () throws -> any Session
             let close: @Sendable () -> Void
@@ -215,7 +225,10 @@ struct Listen: ParsableCommand {
                 let listener = try EndpointListener.bind(to: endpoint, options: options)
                 if listener.replacedStaleSocket { announceStaleReplaced(endpoint) }
                 shown = (try? listener.localEndpoint().description) ?? endpoint.description
-                accept = { StreamSession(connection: try listener.accept().connection) }
+                accept = {
+                    let (connection, peer) = try listener.accept()
+                    return StreamSession(connection: connection, tap: dump?.tap("stdio", peer.description))
+                }
                 close = { try? listener.close() }
             case .seqpacket:
                 let address = try unixAddress(of: endpoint, for: "--type seqpacket")
@@ -224,7 +237,7 @@ struct Listen: ParsableCommand {
                 shown = endpoint.description
                 accept = {
                     let (socket, peer) = try listener.accept()
-                    return SeqpacketSession(socket: socket, peer: peer.description)
+                    return SeqpacketSession(socket: socket, peer: peer.description, tap: dump?.tap("stdio", peer.description))
                 }
                 close = { try? listener.close() }
             }

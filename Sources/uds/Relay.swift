@@ -67,6 +67,9 @@ struct Relay: ParsableCommand {
     @Option(help: "unix-listen: the socket file's mode, in octal (e.g. 660).")
     var mode: FileModeOption?
 
+    @OptionGroup(title: "Dump")
+    var dumpOptions: DumpOptions
+
     func validate() throws {
         try OptionRange.connections.check("--max-conns", maxConnections)
         try OptionRange.seconds.check("--timeout", timeout)
@@ -84,7 +87,7 @@ struct Relay: ParsableCommand {
             throw ExitCode(64)
         }
         if case .listen(let endpoint) = source { try requireBindable(endpoint) }
-        let log = RelayLog(verbose: verbose)
+        let log = RelayLog(verbose: verbose, dump: try dumpOptions.makeDump())
         let connectTimeout = timeout?.duration
         switch source {
         case .listen(let endpoint):
@@ -258,6 +261,7 @@ struct StdioStream: ByteStream {
 /// Relays `first` and `second` both ways until both directions have ended,
 /// then closes both. Returns false if either direction failed (reported).
 func relayBothWays(_ first: any ByteStream, _ second: any ByteStream, id: Int, log: RelayLog) -> Bool {
+    let (first, second) = log.tapped(first, second, id: id)
     let session = RelaySession(first, second)
     let forwardDone = DispatchSemaphore(value: 0)
     let forward = Mutex<(bytes: Int, ok: Bool)>((0, true))
@@ -328,12 +332,30 @@ final class RelaySession: Sendable {
     }
 }
 
-/// The --verbose lines on standard error.
-struct RelayLog: Sendable {
+/// The --verbose lines on standard error, and the --dump.
+final class RelayLog: Sendable {
     let verbose: Bool
+    let dump: Dump?
+    /// The sides' names by connection, for dump labels.
+    private let names = Mutex<[Int: (String, String)]>([:])
+
+    init(verbose: Bool, dump: Dump? = nil) {
+        self.verbose = verbose
+        self.dump = dump
+    }
 
     func opened(_ id: Int, from: String, to: String) {
+        if dump != nil { names.withLock { $0[id] = (from, to) } }
         if verbose { Console.standardError.line("uds: connection \(id): \(from) <-> \(to)") }
+    }
+
+    /// The two sides of connection `id`, dumped when dumping.
+    func tapped(_ first: any ByteStream, _ second: any ByteStream, id: Int) -> (any ByteStream, any ByteStream) {
+        guard let dump else { return (first, second) }
+        let (from, to) = names.withLock { $0.removeValue(forKey: id) } ?? ("FROM", "TO")
+        let tap = dump.tap(from, to, connection: id)
+        return (DumpedStream(inner: first, tap: tap, direction: .forward),
+                DumpedStream(inner: second, tap: tap, direction: .backward))
     }
 
     func closed(_ id: Int, forward: Int, backward: Int) {
