@@ -67,12 +67,19 @@ struct Relay: ParsableCommand {
     @Option(help: "unix-listen: the socket file's mode, in octal (e.g. 660).")
     var mode: FileModeOption?
 
+    @Option(parsing: .unconditional, help: "Close a connection after this long with no byte either way, like socat -T (seconds, or with ms/s/m; \(OptionRange.positiveSeconds.text)).")
+    var idleTimeout: DurationOption?
+
+    @Flag(help: "Copy through the buffer even where splice(2) could move the bytes (Linux; for comparison).")
+    var noSplice = false
+
     @OptionGroup(title: "Dump")
     var dumpOptions: DumpOptions
 
     func validate() throws {
         try OptionRange.connections.check("--max-conns", maxConnections)
         try OptionRange.seconds.check("--timeout", timeout)
+        try OptionRange.positiveSeconds.check("--idle-timeout", idleTimeout)
     }
 
     func run() throws {
@@ -87,7 +94,13 @@ struct Relay: ParsableCommand {
             throw ExitCode(64)
         }
         if case .listen(let endpoint) = source { try requireBindable(endpoint) }
-        let log = RelayLog(verbose: verbose, dump: try dumpOptions.makeDump())
+        let dump = try dumpOptions.makeDump()
+        // Splicing needs the bytes to stay out of this process: not when dumping.
+        let splicing = Splice.isAvailable && !noSplice && dump == nil
+        // A splice into a socket whose peer has gone raises SIGPIPE (it takes
+        // no MSG_NOSIGNAL); the failed write is reported instead.
+        if splicing { signal(SIGPIPE, SIG_IGN) }
+        let log = RelayLog(verbose: verbose, dump: dump, idleTimeout: idleTimeout?.seconds, splicing: splicing)
         let connectTimeout = timeout?.duration
         switch source {
         case .listen(let endpoint):
@@ -262,7 +275,12 @@ struct StdioStream: ByteStream {
 /// then closes both. Returns false if either direction failed (reported).
 func relayBothWays(_ first: any ByteStream, _ second: any ByteStream, id: Int, log: RelayLog) -> Bool {
     let (first, second) = log.tapped(first, second, id: id)
-    let session = RelaySession(first, second)
+    let session = RelaySession(first, second, splicing: log.splicing)
+    let ended = DispatchSemaphore(value: 0)
+    if let idle = log.idleTimeout {
+        Thread.detachNewThread { session.watch(idle: idle, until: ended) }
+    }
+    defer { ended.signal() }
     let forwardDone = DispatchSemaphore(value: 0)
     let forward = Mutex<(bytes: Int, ok: Bool)>((0, true))
     Thread.detachNewThread {
@@ -281,22 +299,56 @@ func relayBothWays(_ first: any ByteStream, _ second: any ByteStream, id: Int, l
     first.close()
     second.close()
     let (sent, forwardOK) = forward.withLock { $0 }
+    if session.closedIdle, let idle = log.idleTimeout { log.idle(id, seconds: idle) }
     log.closed(id, forward: sent, backward: backward.bytes)
-    return forwardOK && backward.ok
+    return (forwardOK && backward.ok) || session.closedIdle
 }
 
 /// The two sides of one relayed connection, and whether an error ended it.
 final class RelaySession: Sendable {
     private let first: any ByteStream
     private let second: any ByteStream
+    private let splicing: Bool
     private let aborted = Atomic<Bool>(false)
+    private let idleAbort = Atomic<Bool>(false)
+    /// When a byte last moved either way, in nanoseconds of ContinuousClock since the start.
+    private let start = ContinuousClock.now
+    private let lastActivity = Atomic<Int64>(0)
 
-    init(_ first: any ByteStream, _ second: any ByteStream) {
+    init(_ first: any ByteStream, _ second: any ByteStream, splicing: Bool = false) {
         self.first = first
         self.second = second
+        self.splicing = splicing
     }
 
     var isAborted: Bool { aborted.load(ordering: .acquiring) }
+
+    /// Whether --idle-timeout ended the connection.
+    var closedIdle: Bool { idleAbort.load(ordering: .acquiring) }
+
+    private var elapsed: Int64 {
+        let since = start.duration(to: .now).components
+        return since.seconds * 1_000_000_000 + since.attoseconds / 1_000_000_000
+    }
+
+    private func touch() { lastActivity.store(elapsed, ordering: .relaxed) }
+
+    /// Aborts the session once `idle` seconds pass with no byte moved either
+    /// way; returns when `ended` is signalled.
+    func watch(idle: Double, until ended: DispatchSemaphore) {
+        let limit = Int64(idle * 1e9)
+        while true {
+            let wait = lastActivity.load(ordering: .relaxed) + limit - elapsed
+            if wait <= 0 {
+                if !isAborted {
+                    idleAbort.store(true, ordering: .releasing)
+                    abort()
+                }
+                return
+            }
+            if ended.wait(timeout: .now() + .nanoseconds(Int(wait))) == .success { return }
+        }
+    }
 
     /// Closes both sides, waking the other direction; once.
     private func abort() {
@@ -309,9 +361,27 @@ final class RelaySession: Sendable {
     /// `destination`. An error is reported and aborts both directions, unless
     /// it only echoes an abort the other direction already reported.
     func copy(from source: any ByteStream, to destination: any ByteStream) -> (bytes: Int, ok: Bool) {
+        var total = 0
+        if splicing, let from = source as? ConnectionStream, let to = destination as? ConnectionStream {
+            do {
+                let spliced = try Splice.copy(from: from.connection, to: to.connection) { count in
+                    total += count
+                    touch()
+                }
+                if spliced != nil {
+                    destination.closeWrite()
+                    return (total, true)
+                }
+            } catch {
+                if !isAborted {
+                    report(error)
+                    abort()
+                }
+                return (total, false)
+            }
+        }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: copyBufferSize, alignment: 1)
         defer { buffer.deallocate() }
-        var total = 0
         do {
             while true {
                 let count = try source.read(into: buffer)
@@ -319,6 +389,7 @@ final class RelaySession: Sendable {
                     destination.closeWrite()
                     return (total, true)
                 }
+                touch()
                 try destination.writeAll(UnsafeRawBufferPointer(rebasing: buffer[..<count]))
                 total += count
             }
@@ -333,15 +404,25 @@ final class RelaySession: Sendable {
 }
 
 /// The --verbose lines on standard error, and the --dump.
+/// Also what every relayed connection is given: --idle-timeout, and
+/// whether to splice.
 final class RelayLog: Sendable {
     let verbose: Bool
     let dump: Dump?
+    let idleTimeout: Double?
+    let splicing: Bool
     /// The sides' names by connection, for dump labels.
     private let names = Mutex<[Int: (String, String)]>([:])
 
-    init(verbose: Bool, dump: Dump? = nil) {
+    init(verbose: Bool, dump: Dump? = nil, idleTimeout: Double? = nil, splicing: Bool = false) {
         self.verbose = verbose
         self.dump = dump
+        self.idleTimeout = idleTimeout
+        self.splicing = splicing
+    }
+
+    func idle(_ id: Int, seconds: Double) {
+        if verbose { Console.standardError.line("uds: connection \(id): no byte either way for \(seconds) s; closed") }
     }
 
     func opened(_ id: Int, from: String, to: String) {
