@@ -208,8 +208,8 @@ struct Listen: ParsableCommand {
         let endpoint: Endpoint
         switch try RelayEndpoint.parse(address) {
         case .listen(let listening), .connect(let listening): endpoint = listening
-        case .stdio:
-            Console.standardError.line("uds: listen: stdio is not an address to listen on")
+        case .stdio, .exec:
+            Console.standardError.line("uds: listen: \(address) is not an address to listen on")
             throw ExitCode(64)
         }
         try requireBindable(endpoint)

@@ -18,6 +18,9 @@ struct Relay: ParsableCommand {
                                      127.0.0.1 unless a HOST such as 0.0.0.0 or [::] is
                                      named; port 0 picks a free port
               stdio                  standard input and output
+              exec:CMD               run /bin/sh -c CMD (for each connection, as TO), its
+                                     standard input and output the stream (like socat
+                                     EXEC:); it reads end-of-file when the peer half-closes
 
             With a listening FROM, each accepted connection gets its own connection to TO
             and is relayed independently, at most --max-conns at once (more wait in the
@@ -105,7 +108,7 @@ struct Relay: ParsableCommand {
         switch source {
         case .listen(let endpoint):
             try serve(endpoint, target: target, log: log, connectTimeout: connectTimeout)
-        case .connect, .stdio:
+        case .connect, .stdio, .exec:
             do {
                 let first = try source.open(timeout: connectTimeout)
                 let second: any ByteStream
@@ -190,6 +193,7 @@ enum RelayEndpoint: CustomStringConvertible {
     case connect(Endpoint)
     case listen(Endpoint)
     case stdio
+    case exec(String)
 
     static func parse(_ text: String) throws -> RelayEndpoint {
         do {
@@ -203,6 +207,11 @@ enum RelayEndpoint: CustomStringConvertible {
     private static func parsing(_ text: String) throws(SocketError) -> RelayEndpoint {
         let lowered = text.lowercased()
         if lowered == "stdio" || text == "-" { return .stdio }
+        if lowered.hasPrefix("exec:") {
+            let command = String(text.dropFirst("exec:".count))
+            guard !command.isEmpty else { throw SocketError("exec", address: text, code: .invalidAddress("no command after exec:")) }
+            return .exec(command)
+        }
         if lowered.hasPrefix("tcp-listen:") {
             do {
                 return .listen(try Endpoint("tcp:" + text.dropFirst("tcp-listen:".count)))
@@ -223,6 +232,7 @@ enum RelayEndpoint: CustomStringConvertible {
         case .connect(let endpoint): endpoint.description
         case .listen(let endpoint): endpoint.isTCP ? "tcp-listen:" + endpoint.description.dropFirst(4) : "unix-listen:\(endpoint)"
         case .stdio: "stdio"
+        case .exec(let command): "exec:" + command
         }
     }
 
@@ -238,6 +248,8 @@ enum RelayEndpoint: CustomStringConvertible {
             }
         case .stdio:
             return StdioStream()
+        case .exec(let command):
+            return try ExecStream.start(command)
         case .listen(let endpoint):
             throw SocketError("connect", address: endpoint.description, code: .invalidArgument("a listening endpoint"))
         }
