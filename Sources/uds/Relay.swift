@@ -37,6 +37,13 @@ struct Relay: ParsableCommand {
 
             This is how a Unix socket service reaches beyond one host, and back.
 
+            With --type seqpacket both Unix sides are seqpacket sockets and each message is
+            relayed whole (up to 256 KiB, or the kernel's send buffer if smaller; a longer
+            one is an error, never cut); standard input's chunks become messages. An empty
+            message reads as the end, as it does for every seqpacket reader. Byte streams
+            between two sockets are moved with splice(2) on Linux, without passing through
+            uds (--no-splice: through its buffer).
+
             Exit status: 0 at the normal end, 1 on an error (one line on standard error,
             naming the endpoint and the cause). With a listening FROM, failures of single
             connections are reported and the relay goes on.
@@ -67,6 +74,9 @@ struct Relay: ParsableCommand {
     @Option(parsing: .unconditional, help: "Give up connecting to TO after this long (seconds, or with ms/s/m; \(OptionRange.seconds.text)).")
     var timeout: DurationOption?
 
+    @Option(help: "The socket type of both Unix sides: stream, or seqpacket (each message relayed whole).")
+    var type: SocketTypeOption = .stream
+
     @Option(help: "unix-listen: the socket file's mode, in octal (e.g. 660).")
     var mode: FileModeOption?
 
@@ -83,6 +93,7 @@ struct Relay: ParsableCommand {
         try OptionRange.connections.check("--max-conns", maxConnections)
         try OptionRange.seconds.check("--timeout", timeout)
         try OptionRange.positiveSeconds.check("--idle-timeout", idleTimeout)
+        if type == .dgram { throw ValidationError("--type dgram is not supported by relay yet; use stream or seqpacket") }
     }
 
     func run() throws {
@@ -110,10 +121,10 @@ struct Relay: ParsableCommand {
             try serve(endpoint, target: target, log: log, connectTimeout: connectTimeout)
         case .connect, .stdio, .exec:
             do {
-                let first = try source.open(timeout: connectTimeout)
+                let first = try source.open(timeout: connectTimeout, type: type)
                 let second: any ByteStream
                 do {
-                    second = try target.open(timeout: connectTimeout)
+                    second = try target.open(timeout: connectTimeout, type: type)
                 } catch {
                     first.close()
                     throw error
@@ -129,17 +140,16 @@ struct Relay: ParsableCommand {
 
     /// Accepts connections at `endpoint` and relays each to `target`.
     private func serve(_ endpoint: Endpoint, target: RelayEndpoint, log: RelayLog, connectTimeout: Duration?) throws {
-        let listener: EndpointListener
+        let listener: RelayListener
         do {
-            listener = try EndpointListener.bind(to: endpoint, options: BindOptions(permissions: mode?.permissions))
+            listener = try RelayListener.bind(endpoint, type: type, options: BindOptions(permissions: mode?.permissions))
         } catch {
             report(Diagnosis.bind(error))
             throw ExitCode.failure
         }
         if listener.replacedStaleSocket { announceStaleReplaced(endpoint) }
-        exitOnShutdownSignals { try? listener.close() }
-        let shown = (try? listener.localEndpoint())?.description ?? endpoint.description
-        Console.standardError.line("uds: listening on \(shown)")
+        exitOnShutdownSignals { listener.close() }
+        Console.standardError.line("uds: listening on \(listener.shown)")
 
         // Standard output can take one connection only.
         let single: Bool
@@ -148,10 +158,10 @@ struct Relay: ParsableCommand {
         var id = 0
         while true {
             slots.wait()
-            let connection: Connection
-            let peer: Endpoint
+            let first: any ByteStream
+            let peer: String
             do {
-                (connection, peer) = try listener.accept()
+                (first, peer) = try listener.accept()
             } catch {
                 if AcceptFailure.isPassing(error) {
                     slots.signal()
@@ -159,27 +169,26 @@ struct Relay: ParsableCommand {
                 }
                 yieldToShutdown()
                 report(error)
-                try? listener.close()
+                listener.close()
                 throw ExitCode.failure
             }
             id += 1
             let number = id
             let work: @Sendable () -> Bool = {
                 defer { slots.signal() }
-                let first = ConnectionStream(connection: connection)
                 let second: any ByteStream
                 do {
-                    second = try target.open(timeout: connectTimeout)
+                    second = try target.open(timeout: connectTimeout, type: type)
                 } catch {
                     report(error)
                     first.close()
                     return false
                 }
-                log.opened(number, from: peer.description, to: target.description)
+                log.opened(number, from: peer, to: target.description)
                 return relayBothWays(first, second, id: number, log: log)
             }
             if single {
-                try? listener.close()
+                listener.close()
                 if !work() { throw ExitCode.failure }
                 return
             }
@@ -236,9 +245,19 @@ enum RelayEndpoint: CustomStringConvertible {
         }
     }
 
-    /// Opens a connect endpoint or standard I/O.
-    func open(timeout: Duration?) throws(SocketError) -> any ByteStream {
+    /// Opens a connect endpoint, standard I/O or a command; a seqpacket
+    /// endpoint relays whole messages.
+    func open(timeout: Duration?, type: SocketTypeOption = .stream) throws(SocketError) -> any ByteStream {
         switch self {
+        case .connect(let endpoint) where type == .seqpacket:
+            guard let address = endpoint.unixAddress else {
+                throw SocketError("connect", address: endpoint.description, code: .invalidArgument("seqpacket needs a Unix socket address"))
+            }
+            do {
+                return SeqpacketStream(socket: try SeqpacketSocket.connect(to: address), peer: address.description)
+            } catch where error.operation == "connect" {
+                throw Diagnosis.connect(error, to: address, as: .seqpacket, suggesting: false)
+            }
         case .connect(let endpoint):
             do {
                 return ConnectionStream(connection: try Connection.connect(to: endpoint, timeout: timeout))
@@ -392,7 +411,9 @@ final class RelaySession: Sendable {
                 return (total, false)
             }
         }
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: copyBufferSize, alignment: 1)
+        // A message side reads whole messages, up to the largest uds takes.
+        let size = relaysMessages(source) ? maximumMessageSize : copyBufferSize
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 1)
         defer { buffer.deallocate() }
         do {
             while true {
@@ -456,4 +477,10 @@ final class RelayLog: Sendable {
             Console.standardError.line("uds: connection \(id) closed: \(forward) bytes forward, \(backward) bytes back")
         }
     }
+}
+
+/// Whether `stream` carries messages, which must be read whole.
+private func relaysMessages(_ stream: any ByteStream) -> Bool {
+    if let dumped = stream as? DumpedStream { return relaysMessages(dumped.inner) }
+    return stream is SeqpacketStream
 }
