@@ -40,7 +40,13 @@ struct Relay: ParsableCommand {
             With --type seqpacket both Unix sides are seqpacket sockets and each message is
             relayed whole (up to 256 KiB, or the kernel's send buffer if smaller; a longer
             one is an error, never cut); standard input's chunks become messages. An empty
-            message reads as the end, as it does for every seqpacket reader. Byte streams
+            message reads as the end, as it does for every seqpacket reader.
+
+            With --type dgram FROM is unix-listen:ADDRESS, bound as a datagram socket. Each
+            sender that has an address gets its own socket towards TO (at most --max-conns;
+            the least recently used is closed first, or any quiet for --idle-timeout), and
+            TO's answers go back to that sender. Datagrams from unnamed senders are
+            forwarded, but cannot be answered. Byte streams
             between two sockets are moved with splice(2) on Linux, without passing through
             uds (--no-splice: through its buffer).
 
@@ -74,7 +80,7 @@ struct Relay: ParsableCommand {
     @Option(parsing: .unconditional, help: "Give up connecting to TO after this long (seconds, or with ms/s/m; \(OptionRange.seconds.text)).")
     var timeout: DurationOption?
 
-    @Option(help: "The socket type of both Unix sides: stream, or seqpacket (each message relayed whole).")
+    @Option(help: "The socket type of both Unix sides: stream, seqpacket (each message relayed whole) or dgram.")
     var type: SocketTypeOption = .stream
 
     @Option(help: "unix-listen: the socket file's mode, in octal (e.g. 660).")
@@ -93,7 +99,7 @@ struct Relay: ParsableCommand {
         try OptionRange.connections.check("--max-conns", maxConnections)
         try OptionRange.seconds.check("--timeout", timeout)
         try OptionRange.positiveSeconds.check("--idle-timeout", idleTimeout)
-        if type == .dgram { throw ValidationError("--type dgram is not supported by relay yet; use stream or seqpacket") }
+        if type == .dgram && once { throw ValidationError("--once needs connections; datagrams have none") }
     }
 
     func run() throws {
@@ -117,9 +123,15 @@ struct Relay: ParsableCommand {
         let log = RelayLog(verbose: verbose, dump: dump, idleTimeout: idleTimeout?.seconds, splicing: splicing)
         let connectTimeout = timeout?.duration
         switch source {
+        case .listen(let endpoint) where type == .dgram:
+            try serveDatagrams(endpoint, target: target, log: log)
         case .listen(let endpoint):
             try serve(endpoint, target: target, log: log, connectTimeout: connectTimeout)
         case .connect, .stdio, .exec:
+            guard type != .dgram else {
+                Console.standardError.line("uds: relay --type dgram: FROM must be unix-listen:ADDRESS (for one client, use uds connect --type dgram)")
+                throw ExitCode(64)
+            }
             do {
                 let first = try source.open(timeout: connectTimeout, type: type)
                 let second: any ByteStream
@@ -135,6 +147,33 @@ struct Relay: ParsableCommand {
                 report(error)
                 throw ExitCode.failure
             }
+        }
+    }
+
+    /// Receives datagrams at `endpoint` and relays them to `target`, and the
+    /// answers back.
+    private func serveDatagrams(_ endpoint: Endpoint, target: RelayEndpoint, log: RelayLog) throws {
+        guard let front = endpoint.unixAddress, case .connect(let to) = target, let upstream = to.unixAddress else {
+            Console.standardError.line("uds: relay --type dgram: both sides must be Unix socket addresses")
+            throw ExitCode(64)
+        }
+        let relay: DatagramRelay
+        do {
+            let socket = try DatagramSocket.bind(to: front, options: BindOptions(permissions: mode?.permissions))
+            if socket.replacedStaleSocket { announceStaleReplaced(endpoint) }
+            relay = DatagramRelay(front: socket, target: upstream, log: log, maximumPeers: maxConnections)
+        } catch {
+            report(Diagnosis.bind(error))
+            throw ExitCode.failure
+        }
+        exitOnShutdownSignals { relay.close() }
+        Console.standardError.line("uds: listening on \(endpoint)")
+        do {
+            try relay.run()
+        } catch {
+            yieldToShutdown()
+            report(error)
+            throw ExitCode.failure
         }
     }
 
