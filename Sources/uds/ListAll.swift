@@ -20,6 +20,28 @@ extension List {
         var fileDevice: UInt64?
         var fileInode: UInt64?
         var processes: [ProcessInfoRow]
+
+        enum CodingKeys: String, CodingKey {
+            case type, state, address, addressKind, inode, peer, peerAddress
+            case receiveQueue, sendQueue, fileDevice, fileInode, processes
+        }
+
+        /// Every field, null when unknown: a consumer can tell "none" from "not asked".
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(type, forKey: .type)
+            try container.encode(state, forKey: .state)
+            try container.encode(address, forKey: .address)
+            try container.encode(addressKind, forKey: .addressKind)
+            try container.encode(inode, forKey: .inode)
+            try container.encode(peer, forKey: .peer)
+            try container.encode(peerAddress, forKey: .peerAddress)
+            try container.encode(receiveQueue, forKey: .receiveQueue)
+            try container.encode(sendQueue, forKey: .sendQueue)
+            try container.encode(fileDevice, forKey: .fileDevice)
+            try container.encode(fileInode, forKey: .fileInode)
+            try container.encode(processes, forKey: .processes)
+        }
     }
 
     func printAll() throws {

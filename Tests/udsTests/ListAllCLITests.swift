@@ -35,6 +35,11 @@ struct ListAllCLITests {
         #expect(row(client)?["peer"] as? Int == accepted)
         #expect(row(client)?["addressKind"] as? String == "unnamed")
         #expect(pids(row(client)) == [Int(pair.pid)])
+        // Every field is there, null when unknown.
+        let keys = ["type", "state", "address", "addressKind", "inode", "peer", "peerAddress",
+                    "receiveQueue", "sendQueue", "fileDevice", "fileInode", "processes"]
+        #expect(Set(row(client)?.keys.map { $0 } ?? []) == Set(keys), "\(list.stdout.text)")
+        #expect(row(client)?["address"] is NSNull)
 
         let listening = try await box.runUDS(["ls", "--all", "--state", "listening", "--json"])
         #expect(try rows(listening).allSatisfy { $0["state"] as? String == "listening" })
