@@ -118,8 +118,9 @@ struct Relay: ParsableCommand {
         // Splicing needs the bytes to stay out of this process: not when dumping.
         let splicing = Splice.isAvailable && !noSplice && dump == nil
         // A splice into a socket whose peer has gone raises SIGPIPE (it takes
-        // no MSG_NOSIGNAL); the failed write is reported instead.
-        if splicing { signal(SIGPIPE, SIG_IGN) }
+        // no MSG_NOSIGNAL); the failed write is reported instead. Only where
+        // both sides are sockets: a relay into a pipeline still ends on SIGPIPE.
+        if splicing && source.isSocket && target.isSocket { signal(SIGPIPE, SIG_IGN) }
         let log = RelayLog(verbose: verbose, dump: dump, idleTimeout: idleTimeout?.seconds, splicing: splicing)
         let connectTimeout = timeout?.duration
         switch source {
@@ -273,6 +274,14 @@ enum RelayEndpoint: CustomStringConvertible {
             return .listen(.unix(try UnixAddress(String(text.dropFirst("unix-listen:".count)))))
         }
         return .connect(try Endpoint(text))
+    }
+
+    /// Whether this side is a socket, which the relay may splice.
+    var isSocket: Bool {
+        switch self {
+        case .connect, .listen: true
+        case .stdio, .exec: false
+        }
     }
 
     var description: String {
