@@ -50,14 +50,15 @@ struct RelayIdleSpliceCLITests {
         let box = try Sandbox()
         defer { box.cleanup() }
         let upstream = try TestSocket.listen(unix: box.resolve("svc.sock"))
-        let relay = try box.uds(["relay", "unix-listen:./front.sock", "./svc.sock", "--idle-timeout", "1", "-v"])
+        let relay = try box.uds(["relay", "unix-listen:./front.sock", "./svc.sock", "--idle-timeout", "2", "-v"])
         _ = try await relay.listeningEndpoint()
         let client = try await onThread { [box] in try TestSocket.connect(unix: box.resolve("front.sock")) }
         guard let server = try await onThread({ try upstream.accept(timeout: .seconds(10)) }) else {
             throw SetupFailure("the relay did not connect upstream.\n\(relay.transcript)")
         }
-        // Two seconds of a byte every 200 ms, alternating directions: never idle for 1 s.
-        for round in 0..<10 {
+        // Three seconds of a byte every 200 ms, alternating directions: longer
+        // than the timeout, and never idle for it (a stall of 1.8 s is tolerated).
+        for round in 0..<15 {
             if round % 2 == 0 {
                 try client.write("x")
                 #expect(try await onThread { try server.read(upTo: 1) } == [UInt8(ascii: "x")])
@@ -72,8 +73,8 @@ struct RelayIdleSpliceCLITests {
         let started = ContinuousClock.now
         #expect(try await onThread { try client.readToEnd() } == [], "\(relay.transcript)")
         #expect(try await onThread { try server.readToEnd() } == [], "\(relay.transcript)")
-        #expect(ContinuousClock.now - started >= .milliseconds(500))
-        try await relay.waitForStderr("the idle line") { $0.contains("uds: connection 1: no byte either way for 1.0 s; closed") }
+        #expect(ContinuousClock.now - started >= .milliseconds(1500))
+        try await relay.waitForStderr("the idle line") { $0.contains("uds: connection 1: no byte either way for 2.0 s; closed") }
         #expect(relay.isRunning, "a listening relay goes on after one connection idled")
         client.close()
         server.close()
