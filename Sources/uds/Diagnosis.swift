@@ -70,9 +70,9 @@ enum Diagnosis {
             return nil  // The send itself will say.
         }
         switch status {
-        case .listening(let type, _) where type != nil && type != .datagram:
+        case .listening(let type?, _) where type != .datagram:
             return SocketError("sendto", address: address.description,
-                code: .invalidArgument("a \(type!.noun) is there, not a datagram socket; use --type \(type!.description)"))
+                code: .invalidArgument("a \(type.noun) is there, not a datagram socket; use --type \(type.description)"))
         case .listening(nil, _) where address.kind == .path:
             let reason =
                 switch boundType(at: address) {

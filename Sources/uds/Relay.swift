@@ -46,9 +46,10 @@ struct Relay: ParsableCommand {
             sender that has an address gets its own socket towards TO (at most --max-conns;
             the least recently used is closed first, or any quiet for --idle-timeout), and
             TO's answers go back to that sender. Datagrams from unnamed senders are
-            forwarded, but cannot be answered. Byte streams
-            between two sockets are moved with splice(2) on Linux, without passing through
-            uds (--no-splice: through its buffer).
+            forwarded, but cannot be answered.
+
+            Byte streams between two sockets are moved with splice(2) on Linux, without
+            passing through uds (--no-splice: through its buffer).
 
             Exit status: 0 at the normal end, 1 on an error (one line on standard error,
             naming the endpoint and the cause). With a listening FROM, failures of single
@@ -59,6 +60,9 @@ struct Relay: ParsableCommand {
               uds relay unix-listen:/tmp/db.sock tcp:db.internal:5432
               uds relay tcp-listen:0.0.0.0:2375 /var/run/docker.sock --max-conns 8
               uds relay stdio @debug                             # like uds connect
+              uds relay unix-listen:./up.sock 'exec:tr a-z A-Z'  # a command per connection
+              uds relay unix-listen:./front.sock ./app.sock --dump-text --idle-timeout 30s
+              uds relay unix-listen:./log.dgram /run/log.dgram --type dgram
             """
     )
 
