@@ -67,13 +67,13 @@ struct List: ParsableCommand {
     @Flag(help: "Print JSON instead of a table.")
     var json = false
 
-    @Flag(help: "List every Unix socket on the system, as ss -xp does (Linux).")
+    @Flag(help: "Every Unix socket on the system, like ss -xp (Linux).")
     var all = false
 
     @Flag(name: [.short, .customLong("recursive")], help: "Also list the sockets in DIR's subdirectories.")
     var recursive = false
 
-    @Option(help: "Only rows in this state (e.g. listening, stale, connected).")
+    @Option(help: "Only the rows in this state, e.g. listening or stale.")
     var state: String?
 
     func validate() throws {
