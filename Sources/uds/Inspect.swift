@@ -15,6 +15,8 @@ struct List: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ls",
         abstract: "List socket files with their mode, owner, type, state and listening process.",
+        // Short enough for 80 columns; OPTIONS lists the rest.
+        usage: "uds ls [<directory>] [--all | --abstract] [-r] [options]",
         discussion: """
             Lists the socket files in DIR (default: the current directory; a socket file
             names just itself), one line each:

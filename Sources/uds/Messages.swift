@@ -53,13 +53,18 @@ struct Send: ParsableCommand {
             let finish: () -> Void
             switch type {
             case .dgram, .stream:
-                // Checked before the first message, so that no message at all
-                // still reports an address nobody could send to.
-                if let unreachable = Diagnosis.datagramDestination(server) { throw unreachable }
                 let socket = try local.map { address throws(SocketError) in try DatagramSocket.bind(to: address) }
                     ?? DatagramSocket.unbound()
                 try socket.setWriteTimeout(timeout?.duration)
-                deliver = { try socket.send($0, to: server) }
+                deliver = { message in
+                    do {
+                        try socket.send(message, to: server)
+                    } catch {
+                        // The kernel's word ("protocol wrong type"), retold where
+                        // the address says more.
+                        throw Diagnosis.datagramDestination(server) ?? error
+                    }
+                }
                 finish = { try? socket.close() }
             case .seqpacket:
                 let socket = try connectSeqpacket(to: server, from: local)
@@ -71,12 +76,19 @@ struct Send: ParsableCommand {
                 }
             }
             defer { finish() }
+            var sent = 0
             if messages.isEmpty {
                 let reader = InputReader(lines: true)
-                while let line = try reader.next() { try deliver(line) }
+                while let line = try reader.next() {
+                    try deliver(line)
+                    sent += 1
+                }
             } else {
                 for message in messages { try deliver(Array(message.utf8)) }
+                sent = messages.count
             }
+            // No message at all still reports an address nobody could send to.
+            if sent == 0, type == .dgram, let unreachable = Diagnosis.datagramDestination(server) { throw unreachable }
         } catch let error as SocketError {
             report(error)
             throw ExitCode.failure
