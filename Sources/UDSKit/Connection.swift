@@ -168,4 +168,16 @@ public final class Connection: Sendable {
 
     /// The descriptor, for use with other APIs; it stays owned by this connection.
     public var descriptor: CInt { handle.descriptor }
+
+    /// Runs `body` with the descriptor held open, for system calls UDSKit does
+    /// not wrap (`splice`, say): a ``close()`` on another thread meanwhile only
+    /// shuts the connection down, which wakes `body`'s blocking calls, and the
+    /// descriptor is closed once `body` returns, so it is never reused under it.
+    /// - Parameter operation: The name errors give, such as `splice`.
+    /// - Throws: `.closed` if the connection is closed already, or what `body` throws.
+    public func withDescriptor<R>(
+        _ operation: String, _ body: (CInt) throws(SocketError) -> R
+    ) throws(SocketError) -> R {
+        try handle.withDescriptor(operation, body)
+    }
 }

@@ -111,7 +111,7 @@ public enum SocketFileStatus: Hashable, Sendable {
         #if os(Linux)
         if let entries = try? SocketTableReader.read(withProcesses: false) {
             // Accepted connections carry their listener's name: skip them.
-            let holders = entries.filter { $0.address == address && ($0.state == .listening || $0.state == .unconnected) }
+            let holders = entries.filter { $0.address == address && $0.holdsAddress }
             guard !holders.isEmpty else { return .absent }
             let listener = holders.first { $0.state == .listening && $0.type != nil }
             guard identifying, let listener, let type = listener.type else {

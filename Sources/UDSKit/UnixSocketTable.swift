@@ -34,13 +34,25 @@ public struct UnixSocketEntry: Hashable, Sendable {
     /// The processes holding a descriptor of it, where this process may look
     /// (all of them for root; otherwise those of the same user).
     public var processes: [SocketProcess]
+    /// The socket inode of the peer it is connected to; nil when unconnected
+    /// or where only `/proc/net/unix` is available.
+    public var peerInode: UInt64?
+    /// What `ss` shows as Recv-Q and Send-Q: bytes queued to read and not yet
+    /// read by the peer; for a listener, the connections waiting for accept
+    /// and the backlog. Nil where only `/proc/net/unix` is available.
+    public var receiveQueue: UInt32?
+    public var sendQueue: UInt32?
 
     /// Makes an entry from its fields, as the table reader does; for tests
     /// and for code that builds its own table.
     public init(
         type: UnixSocketType?, state: State, address: UnixAddress, socketInode: UInt64,
-        fileDevice: UInt64? = nil, fileInode: UInt64? = nil, processes: [SocketProcess] = []
+        fileDevice: UInt64? = nil, fileInode: UInt64? = nil, processes: [SocketProcess] = [],
+        peerInode: UInt64? = nil, receiveQueue: UInt32? = nil, sendQueue: UInt32? = nil
     ) {
+        self.peerInode = peerInode
+        self.receiveQueue = receiveQueue
+        self.sendQueue = sendQueue
         self.type = type
         self.state = state
         self.address = address
@@ -48,6 +60,15 @@ public struct UnixSocketEntry: Hashable, Sendable {
         self.fileDevice = fileDevice
         self.fileInode = fileInode
         self.processes = processes
+    }
+
+    /// Whether this socket bound its address itself, rather than being a
+    /// connection accepted from a listener (which reports the listener's
+    /// address). A bound datagram socket holds its address in any state:
+    /// Linux marks it connected once a peer connects to it (even a probe).
+    public var holdsAddress: Bool {
+        guard address.kind != .unnamed else { return false }
+        return type == .datagram || state == .listening || state == .unconnected
     }
 
     /// Whether this socket created the file `status` describes.
@@ -76,8 +97,8 @@ public struct SocketProcess: Hashable, Sendable, CustomStringConvertible {
 /// The kernel's table of Unix sockets (Linux): what `ss -x` shows, and which
 /// processes hold each socket.
 public enum UnixSocketTable {
-    /// The Unix sockets that have an address (bound ones, and connections
-    /// accepted from them), with the processes that hold them.
+    /// Every Unix socket (named or not, in any state), with the processes
+    /// that hold them.
     ///
     /// Read with the kernel's socket diagnostics (`NETLINK_SOCK_DIAG`), which
     /// report abstract names exactly and the inode of each socket file; where

@@ -56,6 +56,9 @@ struct Connect: ParsableCommand, HandlesShutdownSignals {
     @Option(name: .customLong("max-frame"), parsing: .unconditional, help: FrameOptions.maxFrameHelp)
     var maxFrame: Int?
 
+    @OptionGroup(title: "Dump")
+    var dumpOptions: DumpOptions
+
     func validate() throws {
         try OptionRange.seconds.check("--timeout", timeout)
         try OptionRange.seconds.check("--linger", linger)
@@ -67,6 +70,7 @@ struct Connect: ParsableCommand, HandlesShutdownSignals {
         let endpoint = try parseEndpoint(address)
         // Nothing bound yet: a signal during a slow connect ends it at once.
         if type != .dgram { exitOnShutdownSignals {} }
+        let tap = try dumpOptions.makeDump()?.tap("stdio", endpoint.description)
         do {
             switch type {
             case .stream:
@@ -74,17 +78,21 @@ struct Connect: ParsableCommand, HandlesShutdownSignals {
                 if let format = FrameOptions.format(frame, maxFrame: maxFrame) {
                     try converse(FramedSession(connection: connection, format: format), lines: true)
                 } else {
-                    try converse(StreamSession(connection: connection), lines: false)
+                    try converse(StreamSession(connection: connection, tap: tap), lines: false)
                 }
             case .seqpacket:
                 let server = try unixAddress(of: endpoint, for: "--type seqpacket")
                 let socket = try SeqpacketSocket.connect(to: server)
-                try converse(SeqpacketSession(socket: socket, peer: server.description), lines: true)
+                try converse(SeqpacketSession(socket: socket, peer: server.description, tap: tap), lines: true)
             case .dgram:
-                try datagrams(to: try unixAddress(of: endpoint, for: "--type dgram"))
+                try datagrams(to: try unixAddress(of: endpoint, for: "--type dgram"), tap: tap)
             }
         } catch let error as SocketError {
-            report(error)
+            if error.operation == "connect", let server = endpoint.unixAddress {
+                report(Diagnosis.connect(error, to: server, as: type.socketType))
+            } else {
+                report(Diagnosis.bind(error))
+            }
             throw ExitCode.failure
         }
     }
@@ -101,19 +109,20 @@ struct Connect: ParsableCommand, HandlesShutdownSignals {
             try session.copyToStandardOutput()
         } catch {
             yieldToShutdown()
-            report(error)
+            report(Diagnosis.peerClosed(error))
             throw ExitCode.failure
         }
         router.waitForInput(1, timeout: linger.seconds)
         if let failure = router.detach(1) {
-            report(failure)
+            report(Diagnosis.peerClosed(failure))
             throw ExitCode.failure
         }
     }
 
     /// Sends each line as a datagram and prints the answers.
-    private func datagrams(to server: UnixAddress) throws {
+    private func datagrams(to server: UnixAddress, tap: DumpTap?) throws {
         let local = try localAddress.map(parseAddress) ?? automaticAddress()
+        try requireBindable(.unix(local))
         let socket = try DatagramSocket.bind(to: local)
         exitOnShutdownSignals { try? socket.close() }
         defer { try? socket.close() }
@@ -122,6 +131,7 @@ struct Connect: ParsableCommand, HandlesShutdownSignals {
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: maximumMessageSize, alignment: 1)
             defer { buffer.deallocate() }
             while let receipt = try? socket.receive(into: buffer) {
+                tap?.record(.backward, UnsafeRawBufferPointer(rebasing: buffer[..<receipt.count]))
                 var line = Array(buffer[..<receipt.count])
                 line.append(UInt8(ascii: "\n"))
                 do {
@@ -134,6 +144,7 @@ struct Connect: ParsableCommand, HandlesShutdownSignals {
         let reader = InputReader(lines: true)
         do {
             while let line = try reader.next() {
+                tap?.record(.forward, line)
                 try socket.send(line)
             }
         } catch {
@@ -212,6 +223,9 @@ struct Listen: ParsableCommand, HandlesShutdownSignals {
     @Option(name: .customLong("max-frame"), parsing: .unconditional, help: FrameOptions.maxFrameHelp)
     var maxFrame: Int?
 
+    @OptionGroup(title: "Dump")
+    var dumpOptions: DumpOptions
+
     func validate() throws {
         try OptionRange.seconds.check("--linger", linger)
         try FrameOptions.check(frame, maxFrame: maxFrame)
@@ -223,13 +237,15 @@ struct Listen: ParsableCommand, HandlesShutdownSignals {
         let endpoint: Endpoint
         switch try RelayEndpoint.parse(address) {
         case .listen(let listening), .connect(let listening): endpoint = listening
-        case .stdio:
-            Console.standardError.line("uds: listen: stdio is not an address to listen on")
+        case .stdio, .exec:
+            Console.standardError.line("uds: listen: \(address) is not an address to listen on")
             throw ExitCode(64)
         }
+        try requireBindable(endpoint)
         let options = BindOptions(permissions: mode?.permissions)
         let format = FrameOptions.format(frame, maxFrame: maxFrame)
         let router = InputRouter(lines: type == .seqpacket || format != nil)
+        let dump = try dumpOptions.makeDump()
         do {
             let accept: () throws -> any Session
             let close: @Sendable () -> Void
@@ -240,8 +256,8 @@ struct Listen: ParsableCommand, HandlesShutdownSignals {
                 if listener.replacedStaleSocket { announceStaleReplaced(endpoint) }
                 shown = (try? listener.localEndpoint().description) ?? endpoint.description
                 accept = {
-                    let connection = try listener.accept().connection
-                    guard let format else { return StreamSession(connection: connection) }
+                    let (connection, peer) = try listener.accept()
+                    guard let format else { return StreamSession(connection: connection, tap: dump?.tap("stdio", peer.description)) }
                     return FramedSession(connection: connection, format: format)
                 }
                 close = { try? listener.close() }
@@ -252,7 +268,7 @@ struct Listen: ParsableCommand, HandlesShutdownSignals {
                 shown = endpoint.description
                 accept = {
                     let (socket, peer) = try listener.accept()
-                    return SeqpacketSession(socket: socket, peer: peer.description)
+                    return SeqpacketSession(socket: socket, peer: peer.description, tap: dump?.tap("stdio", peer.description))
                 }
                 close = { try? listener.close() }
             }
@@ -286,7 +302,7 @@ struct Listen: ParsableCommand, HandlesShutdownSignals {
             } while keepOpen
         } catch let error as SocketError {
             yieldToShutdown()
-            report(error)
+            report(Diagnosis.bind(error))
             throw ExitCode.failure
         }
     }

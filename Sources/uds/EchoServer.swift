@@ -13,11 +13,15 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
         discussion: """
             With --chunk 16 the output matches the classic Python echo server line for
             line. Unlike it, this server serves many clients at once; while more than one
-            is connected, each line starts with [client N].
+            is connected, each line starts with [client N], and when a second client
+            arrives, a line names the client whose untagged lines came before.
 
             A stale socket file (nobody listening) is replaced; a live server's socket or
             any other kind of file at the path is never touched. SIGINT or SIGTERM stop
             the server and remove its socket file.
+
+            A peer refused by --allow-uid or --allow-gid is closed at once, unread: its
+            client sees end-of-stream, or "broken pipe" if it writes first.
 
             Errors with single clients are rate-limited: the first of each kind is
             printed, and repeats within 10 s are counted in one line at the end of the
@@ -110,6 +114,7 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
     /// to a server out of descriptors.
     func run() throws {
         let address = try parseAddress(address)
+        try requireBindable(.unix(address))
         // Before the socket exists: a signal from then on stops the server cleanly.
         ShutdownSignals.prepare()
         raiseDescriptorLimit()
@@ -217,7 +222,7 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
                 try serveDatagrams(socket: socket, transcript: transcript)
             }
         } catch {
-            report(error)
+            report((error as? SocketError).map(Diagnosis.bind) ?? error)
             throw ExitCode.failure
         }
     }
@@ -494,9 +499,12 @@ enum ServerReports {
 /// The server's printed lines. While more than one client is connected, each
 /// line about a client names it, so concurrent transcripts can be told apart;
 /// with one client at a time the output is the classic transcript exactly.
+/// The lone client's lines before an overlap carry no name, so when a second
+/// client arrives, one line names the client those lines belonged to.
 final class Transcript: Sendable {
     let isQuiet: Bool
-    private let active = Mutex(0)
+    /// The clients connected now.
+    private let active = Mutex<Set<Int>>([])
 
     init(quiet: Bool) {
         isQuiet = quiet
@@ -533,7 +541,7 @@ final class Transcript: Sendable {
         guard !isQuiet else { return }
         let line = line()
         active.withLock { active in
-            if let client, active > 1 {
+            if let client, active.count > 1 {
                 Console.standardOutput.line("[client \(client)] \(line)")
             } else {
                 Console.standardOutput.line(line)
@@ -551,13 +559,19 @@ final class Transcript: Sendable {
     }
 
     func opened(_ client: Int) {
-        active.withLock { $0 += 1 }
+        active.withLock { active in
+            // Under the lock, so no untagged line of the lone client can follow this one.
+            if active.count == 1, let alone = active.first, !isQuiet {
+                Console.standardOutput.line("[client \(alone)] (the untagged lines since its connection were client \(alone)'s)")
+            }
+            active.insert(client)
+        }
     }
 
     func closed(_ client: Int) {
         let idle = active.withLock { active in
-            active -= 1
-            return active == 0
+            active.remove(client)
+            return active.isEmpty
         }
         if idle { say("waiting for a connection") }
     }

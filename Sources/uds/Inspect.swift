@@ -15,6 +15,8 @@ struct List: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ls",
         abstract: "List socket files with their mode, owner, type, state and listening process.",
+        // Short enough for 80 columns; OPTIONS lists the rest.
+        usage: "uds ls [<directory>] [--all | --abstract] [-r] [options]",
         discussion: """
             Lists the socket files in DIR (default: the current directory; a socket file
             names just itself), one line each:
@@ -39,11 +41,21 @@ struct List: ParsableCommand {
             group, uid, gid, type, state, and processes ([{pid, command}]); for --abstract,
             name, type, state and processes.
 
+            --all lists every Unix socket on the system instead, as ss -xp does (Linux):
+            named or not, listening or connected, with Recv-Q and Send-Q (for a listener,
+            connections waiting for accept, and the backlog), its inode, its peer's inode
+            and the processes; --json keeps every field. -r lists DIR's subdirectories too
+            (symbolic links are not followed). --state keeps only rows in that state:
+            listening, stale or no-permission for files; listening, connected,
+            unconnected, connecting or disconnecting with --all or --abstract.
+
             Exit status: 0, or 1 if DIR cannot be read.
 
             Examples:
               uds ls /run
               uds ls --abstract
+              uds ls --all --state connected
+              uds ls -r /run
               uds ls /tmp --json | jq '.[] | select(.state == "stale") | .path'
             """
     )
@@ -57,7 +69,27 @@ struct List: ParsableCommand {
     @Flag(help: "Print JSON instead of a table.")
     var json = false
 
+    @Flag(help: "Every Unix socket on the system, like ss -xp (Linux).")
+    var all = false
+
+    @Flag(name: [.short, .customLong("recursive")], help: "Also list the sockets in DIR's subdirectories.")
+    var recursive = false
+
+    @Option(help: "Only the rows in this state, e.g. listening or stale.")
+    var state: String?
+
+    func validate() throws {
+        if all && abstract { throw ValidationError("--all already includes the abstract sockets") }
+        if let state {
+            let states = all || abstract ? Self.tableStates : Self.fileStates
+            guard states.contains(state) else {
+                throw ValidationError("--state \(state): use one of \(states.joined(separator: ", "))")
+            }
+        }
+    }
+
     func run() throws {
+        if all { return try printAll() }
         var table: [UnixSocketEntry]?
         do {
             table = try UnixSocketTable.entries()
@@ -114,9 +146,7 @@ struct List: ParsableCommand {
         }
         var paths: [String]
         if status.type == .directory {
-            paths = try directoryEntries(directory).sorted().map { name in
-                directory.hasSuffix("/") ? directory + name : directory + "/" + name
-            }
+            paths = try socketCandidates(in: directory)
         } else {
             paths = [directory]
         }
@@ -135,7 +165,8 @@ struct List: ParsableCommand {
             case .notASocket?: continue
             case nil: state = "unknown"
             }
-            let holders = table?.filter { $0.isBound(to: file) && $0.state != .connected } ?? []
+            if let wanted = self.state, wanted != state.replacingOccurrences(of: " ", with: "-") { continue }
+            let holders = table?.filter { $0.isBound(to: file) && $0.holdsAddress } ?? []
             if let known = holders.lazy.compactMap(\.type).first { type = known.description }
             let processes = Array(Set(holders.flatMap(\.processes))).sorted { $0.processID < $1.processID }
             rows.append(FileRow(
@@ -155,9 +186,9 @@ struct List: ParsableCommand {
     private func printAbstract(_ table: [UnixSocketEntry]) {
         var seen: Set<UInt64> = []
         var rows: [AbstractRow] = []
-        let named = table.filter { $0.address.kind == .abstract && $0.state != .connected && $0.state != .connecting }
+        let named = table.filter { $0.address.kind == .abstract && $0.holdsAddress }
         for entry in named.sorted(by: { $0.address.description < $1.address.description })
-        where seen.insert(entry.socketInode).inserted {
+        where seen.insert(entry.socketInode).inserted && (self.state == nil || self.state == entry.state.rawValue) {
             let state = entry.state == .listening || entry.type == .datagram ? "listening" : "bound"
             rows.append(AbstractRow(
                 name: entry.address.description, type: entry.type?.description, state: state,
@@ -169,12 +200,28 @@ struct List: ParsableCommand {
             rows.map { [$0.type ?? "?", $0.state, processText($0.processes), $0.name] })
     }
 
-    private func processText(_ processes: [ProcessInfoRow]) -> String {
+    func processText(_ processes: [ProcessInfoRow]) -> String {
         processes.isEmpty ? "-" : processes.map { "\($0.pid)/\($0.command)" }.joined(separator: ",")
     }
 
+    /// The paths in `path` (with -r, in its subdirectories too, without
+    /// following symbolic links), sorted.
+    private func socketCandidates(in path: String) throws -> [String] {
+        var paths: [String] = []
+        for name in try directoryEntries(path).sorted() {
+            let child = path.hasSuffix("/") ? path + name : path + "/" + name
+            if recursive, let status = try? FileStatus(path: child), status.type == .directory {
+                // A subdirectory that cannot be read is reported and skipped, as find does.
+                paths += (try? socketCandidates(in: child)) ?? []
+            } else {
+                paths.append(child)
+            }
+        }
+        return paths
+    }
+
     /// The names in `path`, or a one-line error.
-    private func directoryEntries(_ path: String) throws -> [String] {
+    func directoryEntries(_ path: String) throws -> [String] {
         guard let handle = opendir(path) else {
             report(SocketError("opendir", address: path, code: .system(.init(rawValue: errno))))
             throw ExitCode.failure

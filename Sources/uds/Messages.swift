@@ -49,6 +49,7 @@ struct Send: ParsableCommand, HandlesShutdownSignals {
     func run() throws {
         let server = try unixAddress(of: try parseEndpoint(address), for: "send")
         let local = try localAddress.map(parseAddress)
+        if let local { try requireBindable(.unix(local)) }
         do {
             let deliver: ([UInt8]) throws -> Void
             let finish: @Sendable () -> Void
@@ -57,10 +58,18 @@ struct Send: ParsableCommand, HandlesShutdownSignals {
                 let socket = try local.map { address throws(SocketError) in try DatagramSocket.bind(to: address) }
                     ?? DatagramSocket.unbound()
                 try socket.setWriteTimeout(timeout?.duration)
-                deliver = { try socket.send($0, to: server) }
+                deliver = { message in
+                    do {
+                        try socket.send(message, to: server)
+                    } catch {
+                        // The kernel's word ("protocol wrong type"), retold where
+                        // the address says more.
+                        throw Diagnosis.datagramDestination(server) ?? error
+                    }
+                }
                 finish = { try? socket.close() }
             case .seqpacket:
-                let socket = try SeqpacketSocket.connect(to: server, from: local)
+                let socket = try connectSeqpacket(to: server, from: local)
                 try socket.setWriteTimeout(timeout?.duration)
                 deliver = { try socket.send($0) }
                 finish = {
@@ -70,12 +79,19 @@ struct Send: ParsableCommand, HandlesShutdownSignals {
             }
             exitOnShutdownSignals(finish)
             defer { finish() }
+            var sent = 0
             if messages.isEmpty {
                 let reader = InputReader(lines: true)
-                while let line = try reader.next() { try deliver(line) }
+                while let line = try reader.next() {
+                    try deliver(line)
+                    sent += 1
+                }
             } else {
                 for message in messages { try deliver(Array(message.utf8)) }
+                sent = messages.count
             }
+            // No message at all still reports an address nobody could send to.
+            if sent == 0, type == .dgram, let unreachable = Diagnosis.datagramDestination(server) { throw unreachable }
         } catch let error as SocketError {
             report(error)
             throw ExitCode.failure
@@ -83,6 +99,15 @@ struct Send: ParsableCommand, HandlesShutdownSignals {
             report(error)
             throw ExitCode.failure
         }
+    }
+}
+
+/// A seqpacket connection to `server`, a failure explained.
+private func connectSeqpacket(to server: UnixAddress, from local: UnixAddress?) throws(SocketError) -> SeqpacketSocket {
+    do {
+        return try SeqpacketSocket.connect(to: server, from: local)
+    } catch where error.operation == "connect" {
+        throw Diagnosis.connect(error, to: server, as: .seqpacket)
     }
 }
 
@@ -144,6 +169,7 @@ struct Receive: ParsableCommand, HandlesShutdownSignals {
     func run() throws {
         let endpoint = try parseEndpoint(address)
         let address = try unixAddress(of: endpoint, for: "recv")
+        try requireBindable(endpoint)
         let options = BindOptions(permissions: mode?.permissions)
         let tally = MessageTally(limit: count, raw: raw)
         let close: @Sendable () -> Void
@@ -163,7 +189,7 @@ struct Receive: ParsableCommand, HandlesShutdownSignals {
                 Thread.detachNewThread { acceptConnections(listener, tally: tally, credentials: showCredentials) }
             }
         } catch {
-            report(error)
+            report(Diagnosis.bind(error))
             throw ExitCode.failure
         }
         exitOnShutdownSignals(close)

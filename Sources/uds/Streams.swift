@@ -114,8 +114,12 @@ protocol Session: Sendable {
 
 struct StreamSession: Session {
     let connection: Connection
+    var tap: DumpTap? = nil
 
-    func deliver(_ bytes: [UInt8]) throws { try connection.writeAll(bytes) }
+    func deliver(_ bytes: [UInt8]) throws {
+        tap?.record(.forward, bytes)
+        try connection.writeAll(bytes)
+    }
     func finishInput() { try? connection.shutdown(.write) }
 
     func copyToStandardOutput() throws {
@@ -124,6 +128,7 @@ struct StreamSession: Session {
         while true {
             let count = try connection.read(into: buffer)
             if count == 0 { return }
+            tap?.record(.backward, UnsafeRawBufferPointer(rebasing: buffer[..<count]))
             try StandardStreams.writeAll(UnsafeRawBufferPointer(rebasing: buffer[..<count]))
         }
     }
@@ -134,8 +139,12 @@ struct StreamSession: Session {
 struct SeqpacketSession: Session {
     let socket: SeqpacketSocket
     let peer: String
+    var tap: DumpTap? = nil
 
-    func deliver(_ bytes: [UInt8]) throws { try socket.send(bytes) }
+    func deliver(_ bytes: [UInt8]) throws {
+        tap?.record(.forward, bytes)
+        try socket.send(bytes)
+    }
     func finishInput() { try? socket.shutdown(.write) }
 
     func copyToStandardOutput() throws {
@@ -148,6 +157,7 @@ struct SeqpacketSession: Session {
                 report(SocketError("recvmsg", address: peer,
                     code: .messageTruncated(length: receipt.fullLength, capacity: maximumMessageSize)))
             }
+            tap?.record(.backward, UnsafeRawBufferPointer(rebasing: buffer[..<receipt.count]))
             var line = Array(buffer[..<receipt.count])
             line.append(UInt8(ascii: "\n"))
             try line.withUnsafeBytes { try StandardStreams.writeAll($0) }

@@ -57,8 +57,12 @@ private enum SocketDiagnostics {
     static let messageError: UInt16 = 2
     static let showName: UInt32 = 0x1
     static let showVFS: UInt32 = 0x2
+    static let showPeer: UInt32 = 0x4
+    static let showQueueLengths: UInt32 = 0x10
     static let attributeName: UInt16 = 0
     static let attributeVFS: UInt16 = 1
+    static let attributePeer: UInt16 = 2
+    static let attributeQueueLengths: UInt16 = 4
     // include/net/tcp_states.h: what unix_diag reports as udiag_state.
     static let established: UInt8 = 1
     static let synSent: UInt8 = 2
@@ -86,7 +90,7 @@ private enum SocketDiagnostics {
         request.append(native: UInt16(0))
         request.append(native: UInt32.max)  // udiag_states: all
         request.append(native: UInt32(0))  // udiag_ino: any
-        request.append(native: showName | showVFS)
+        request.append(native: showName | showVFS | showPeer | showQueueLengths)
         request.append(native: UInt32.max)  // udiag_cookie: none
         request.append(native: UInt32.max)
         if case .failure(let errno) = request.withUnsafeBytes({ Sys.send(fd, $0) }) { return .failure(errno) }
@@ -128,6 +132,8 @@ private enum SocketDiagnostics {
         var address = UnixAddress.unnamed
         var device: UInt64?
         var inode: UInt64?
+        var peer: UInt64?
+        var queues: (UInt32, UInt32)?
         var offset = base + 16
         while offset + 4 <= message.endIndex {
             let length = Int(message.load(UInt16.self, at: offset))
@@ -143,6 +149,11 @@ private enum SocketDiagnostics {
             } else if type == attributeVFS, data.count >= 8 {
                 inode = UInt64(data.load(UInt32.self, at: data.startIndex))
                 device = userDevice(kernel: data.load(UInt32.self, at: data.startIndex + 4))
+            } else if type == attributePeer, data.count >= 4 {
+                let value = data.load(UInt32.self, at: data.startIndex)
+                if value != 0 { peer = UInt64(value) }
+            } else if type == attributeQueueLengths, data.count >= 8 {
+                queues = (data.load(UInt32.self, at: data.startIndex), data.load(UInt32.self, at: data.startIndex + 4))
             }
             offset += (length + 3) & ~3
         }
@@ -156,7 +167,8 @@ private enum SocketDiagnostics {
             }
         return UnixSocketEntry(
             type: SocketTableReader.type(Int(rawType)), state: state, address: address,
-            socketInode: socketInode, fileDevice: device, fileInode: inode)
+            socketInode: socketInode, fileDevice: device, fileInode: inode,
+            peerInode: peer, receiveQueue: queues?.0, sendQueue: queues?.1)
     }
 
     /// The kernel's `dev_t` (major << 20 | minor) as `stat` reports it (glibc's `makedev`).
