@@ -489,26 +489,31 @@ private struct LoopThread: @unchecked Sendable {
 /// whose operations finish well before their timeouts does not pile them up.
 final class LoopTimer: Sendable {
     let deadline: ContinuousClock.Instant
-    /// Runs with `true` when the loop stopped before the deadline.
-    let action: @Sendable (_ loopStopped: Bool) -> Void
+    /// Runs with `true` when the loop stopped before the deadline. Dropped
+    /// when the timer is cancelled or fires, so that what it captures (a
+    /// waiting socket) is not kept alive by a timer that no longer matters.
+    private let action: Mutex<(@Sendable (_ loopStopped: Bool) -> Void)?>
     /// 0 pending, 1 cancelled, 2 fired.
     private let state = Atomic<UInt8>(0)
 
     init(deadline: ContinuousClock.Instant, action: @escaping @Sendable (_ loopStopped: Bool) -> Void) {
         self.deadline = deadline
-        self.action = action
+        self.action = Mutex(action)
     }
 
     /// Keeps the action from running; later calls do nothing.
     func cancel() {
-        _ = state.compareExchange(expected: 0, desired: 1, ordering: .relaxed)
+        if state.compareExchange(expected: 0, desired: 1, ordering: .relaxed).exchanged {
+            action.withLock { $0 = nil }
+        }
     }
 
     var isCancelled: Bool { state.load(ordering: .relaxed) == 1 }
 
     /// Runs the action unless it was cancelled.
     fileprivate func fire(loopStopped: Bool = false) {
-        if state.compareExchange(expected: 0, desired: 2, ordering: .relaxed).exchanged { action(loopStopped) }
+        guard state.compareExchange(expected: 0, desired: 2, ordering: .relaxed).exchanged else { return }
+        action.withLock { $0.take() }?(loopStopped)
     }
 }
 

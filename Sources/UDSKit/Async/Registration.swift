@@ -213,10 +213,11 @@ final class Registration: Sendable {
                     waiters.nextID += 1
                     let id = waiters.nextID
                     timer = deadline.map { deadline in
-                        // Weak: a pending timer must not keep a dropped socket open.
-                        LoopTimer(deadline: deadline) { [weak self] _ in
-                            guard let self else { return }
-                            self.abandon(direction, id: id, with: self.handle.error(operation, code: .timedOut))
+                        // The timer lets go of the registration as soon as the wait
+                        // ends another way (it is cancelled then), so it never
+                        // keeps a dropped socket open.
+                        LoopTimer(deadline: deadline) { [self] _ in
+                            abandon(direction, id: id, with: handle.error(operation, code: .timedOut))
                         }
                     }
                     let waiter = Waiter(id: id, operation: operation, continuation: continuation, timer: timer)
