@@ -173,7 +173,9 @@ public final class Connection: Sendable {
     /// not wrap (`splice`, say): a ``close()`` on another thread meanwhile only
     /// shuts the connection down, which wakes `body`'s blocking calls, and the
     /// descriptor is closed once `body` returns, so it is never reused under it.
-    /// - Parameter operation: The name errors give, such as `splice`.
+    /// - Parameters:
+    ///   - operation: The name errors give, such as `splice`.
+    ///   - body: What to do with the descriptor; it must not close it.
     /// - Throws: `.closed` if the connection is closed already, or what `body` throws.
     public func withDescriptor<R>(
         _ operation: String, _ body: (CInt) throws(SocketError) -> R
