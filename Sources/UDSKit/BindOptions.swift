@@ -72,6 +72,7 @@ public enum AcceptRecoveryEvent: Sendable, CustomStringConvertible {
     case credentialsUnavailable(SocketError)
 
     /// One line for a log, naming the error and what the listener did.
+    /// One line: the failure and what the listener did about it.
     public var description: String {
         switch self {
         case .shedConnection(let error): "\(error); closed a pending connection to keep serving"

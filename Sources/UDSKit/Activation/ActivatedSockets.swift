@@ -104,14 +104,17 @@ public final class ActivatedSockets: Sendable {
 
     // Typed hand-outs: each checks the socket with the kernel as it adopts it.
 
+    /// The passed listening stream socket named `name` (or the only one).
     public func streamListener(named name: String? = nil, admitting policy: AccessPolicy = .everyone) throws(SocketError) -> StreamListener {
         try StreamListener(adopting: take(named: name).descriptor, admitting: policy)
     }
 
+    /// The passed listening seqpacket socket named `name` (or the only one).
     public func seqpacketListener(named name: String? = nil, admitting policy: AccessPolicy = .everyone) throws(SocketError) -> SeqpacketListener {
         try SeqpacketListener(adopting: take(named: name).descriptor, admitting: policy)
     }
 
+    /// The passed datagram socket named `name` (or the only one).
     public func datagramSocket(named name: String? = nil) throws(SocketError) -> DatagramSocket {
         try DatagramSocket(adopting: take(named: name).descriptor)
     }
@@ -121,18 +124,21 @@ public final class ActivatedSockets: Sendable {
         try StreamSocket(adopting: take(named: name).descriptor)
     }
 
+    /// The passed listening stream socket, for async code, its connections on `loops`.
     public func asyncStreamListener(
         named name: String? = nil, admitting policy: AccessPolicy = .everyone, on loops: any EventLoopSource = EventLoop.shared
     ) throws(SocketError) -> AsyncStreamListener {
         try AsyncStreamListener(adopting: take(named: name).descriptor, admitting: policy, on: loops)
     }
 
+    /// The passed listening seqpacket socket, for async code, its connections on `loops`.
     public func asyncSeqpacketListener(
         named name: String? = nil, admitting policy: AccessPolicy = .everyone, on loops: any EventLoopSource = EventLoop.shared
     ) throws(SocketError) -> AsyncSeqpacketListener {
         try AsyncSeqpacketListener(adopting: take(named: name).descriptor, admitting: policy, on: loops)
     }
 
+    /// The passed datagram socket, for async code.
     public func asyncDatagramSocket(named name: String? = nil, on loop: EventLoop = .shared) throws(SocketError) -> AsyncDatagramSocket {
         try AsyncDatagramSocket(adopting: take(named: name).descriptor, on: loop)
     }

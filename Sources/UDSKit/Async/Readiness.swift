@@ -8,6 +8,7 @@ public struct Readiness: Sendable, Hashable {
     /// The peer will send nothing more, or an error is pending.
     public var readClosed: Bool
 
+    /// Readiness from its parts (for calling a handler by hand, in tests).
     public init(readable: Bool, writable: Bool, readClosed: Bool) {
         self.readable = readable
         self.writable = writable
