@@ -35,6 +35,9 @@ final class Registration: Sendable {
     /// Runs inline at every event, on the loop thread; set and read only
     /// there (see ``AsyncCore/setReadinessHandler(_:)``).
     nonisolated(unsafe) private var readinessHandler: (@Sendable (Readiness) -> Void)?
+    /// Whether a handler is set, readable from any thread: a close must drop
+    /// the handler, which usually holds the socket and so this registration.
+    private let hasReadinessHandler = Atomic<Bool>(false)
 
     fileprivate struct Waiter {
         var id: UInt64
@@ -175,7 +178,26 @@ final class Registration: Sendable {
     /// Sets the handler that runs at every event, on the loop thread.
     func setReadinessHandler(_ handler: (@Sendable (Readiness) -> Void)?) {
         precondition(loop.inEventLoop, "a readiness handler is set on its loop's thread")
+        // The old handler is released after the assignment: its captures may
+        // close this socket, which comes back here.
+        let previous = readinessHandler.take()
         readinessHandler = handler
+        hasReadinessHandler.store(handler != nil, ordering: .releasing)
+        withExtendedLifetime(previous) {}
+    }
+
+    /// Drops the handler (on the loop thread), breaking the cycle of a handler
+    /// that holds its own socket.
+    private func dropReadinessHandler() {
+        guard hasReadinessHandler.load(ordering: .acquiring) else { return }
+        // Once the loop has stopped no thread reads the handler any more.
+        if loop.inEventLoop || loop.isShutDown {
+            let dropped = readinessHandler.take()
+            hasReadinessHandler.store(false, ordering: .releasing)
+            withExtendedLifetime(dropped) {}  // Released here, outside the access: see above.
+        } else {
+            Task(executorPreference: loop) { self.dropReadinessHandler() }
+        }
     }
 
     /// Runs the readiness handler now, as if an event said `readiness`.
@@ -266,6 +288,7 @@ final class Registration: Sendable {
     func detach() -> DetachedWaiters {
         let (first, readers, writers) = markClosed()
         if first { loop.deregister(self) }
+        dropReadinessHandler()
         return DetachedWaiters(lists: [readers, writers], handle: handle)
     }
 
@@ -273,6 +296,7 @@ final class Registration: Sendable {
     /// the waiters, and make every later wait fail too.
     func loopStopped() {
         let (_, readers, writers) = markClosed()
+        dropReadinessHandler()
         readers.failAll(closed: handle)
         writers.failAll(closed: handle)
     }
