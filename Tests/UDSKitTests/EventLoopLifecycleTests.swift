@@ -103,6 +103,22 @@ struct EventLoopLifecycleTests {
         #expect(loop.isShutDown)
     }
 
+    /// A timer's action may arm another timer (a listener that pauses again
+    /// does): the heap is not being changed while actions run.
+    @Test func aTimerActionCanArmATimer() async throws {
+        let loop = try EventLoop()
+        defer { try? loop.shutdown() }
+        let fired = StartCount()
+        await Task(executorPreference: loop) {
+            loop.schedule(LoopTimer(deadline: .now) { _ in
+                fired.value.add(1, ordering: .relaxed)
+                loop.schedule(LoopTimer(deadline: .now) { _ in fired.value.add(1, ordering: .relaxed) })
+            })
+        }.value
+        for _ in 0..<6000 where fired.value.load(ordering: .relaxed) < 2 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(fired.value.load(ordering: .relaxed) == 2)
+    }
+
     @Test func sleepIsCancellable() async throws {
         let loop = try EventLoop()
         defer { try? loop.shutdown() }

@@ -193,7 +193,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
             }
             // No event of that batch can name a retired registration any more.
             if hasRetired.load(ordering: .acquiring) { releaseRetired() }
-            timers.fire(now: .now)
+            for timer in timers.takeDue(now: .now) { timer.fire() }
         }
         releaseRetired()
         withExtendedLifetime(stranded) {}
@@ -210,7 +210,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         }
         for registration in stranded { registration.loopStopped() }
         // Deadlines no longer matter; a sleeper wakes with `.closed`.
-        timers.fireAll(loopStopped: true)
+        for timer in timers.takeAll() { timer.fire(loopStopped: true) }
         return stranded
     }
 
@@ -232,7 +232,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         }
         guard stopped else { return false }
         // Timers armed by the last jobs.
-        timers.fireAll(loopStopped: true)
+        for timer in timers.takeAll() { timer.fire(loopStopped: true) }
         selector.close()
         scratch.deallocate()
         scratch = UnsafeMutableRawBufferPointer(start: nil, count: 0)
@@ -543,15 +543,19 @@ struct TimerHeap {
         return CInt(clamping: milliseconds)
     }
 
-    mutating func fire(now: ContinuousClock.Instant) {
-        while let first = entries.first, first.deadline <= now {
-            removeFirst().fire()
-        }
+    /// Removes the timers due at `now`, soonest first, for the caller to fire
+    /// once this heap is no longer being changed: an action may arm a timer.
+    mutating func takeDue(now: ContinuousClock.Instant) -> [LoopTimer] {
+        var due: [LoopTimer] = []
+        while let first = entries.first, first.deadline <= now { due.append(removeFirst()) }
+        return due
     }
 
-    /// Fires every timer now (the loop is stopping), soonest first.
-    mutating func fireAll(loopStopped: Bool) {
-        while !entries.isEmpty { removeFirst().fire(loopStopped: loopStopped) }
+    /// Removes every timer (the loop is stopping), soonest first.
+    mutating func takeAll() -> [LoopTimer] {
+        var all: [LoopTimer] = []
+        while !entries.isEmpty { all.append(removeFirst()) }
+        return all
     }
 
     private mutating func removeCancelled() {
