@@ -60,7 +60,6 @@ final class Registration: Sendable {
         private var first: Waiter?
         private var others: [Waiter] = []
 
-        var isEmpty: Bool { first == nil }
         var count: Int { first == nil ? 0 : 1 + others.count }
 
         mutating func append(_ waiter: Waiter) {

@@ -420,14 +420,16 @@ enum Sys {
 
     /// The peer's security label (Linux `SO_PEERSEC`), or `nil` without a security module.
     static func peerSecurityLabel(_ fd: CInt) -> Result<String?, Errno> {
-        var label = [CChar](repeating: 0, count: 4096)
-        let length = label.withUnsafeMutableBufferPointer { cudskit_peer_security_label(fd, $0.baseAddress, 4096) }
-        if length < 0 {
-            let error = Errno(rawValue: errno)
-            return error == .protocolNotAvailable || error == .notSupported ? .success(nil) : .failure(error)
+        // On the stack: this runs for every connection an access policy checks.
+        withUnsafeTemporaryAllocation(of: CChar.self, capacity: 4096) { label in
+            let length = cudskit_peer_security_label(fd, label.baseAddress, CInt(label.count))
+            if length < 0 {
+                let error = Errno(rawValue: errno)
+                return error == .protocolNotAvailable || error == .notSupported ? .success(nil) : .failure(error)
+            }
+            let bytes = label.prefix(Int(length)).map { UInt8(bitPattern: $0) }.prefix { $0 != 0 }
+            return .success(bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self))
         }
-        let bytes = label.prefix(Int(length)).map { UInt8(bitPattern: $0) }.prefix { $0 != 0 }
-        return .success(bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self))
     }
 
     /// A pidfd for the peer process (Linux `SO_PEERPIDFD`).
