@@ -10,6 +10,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         // Only for `swift package generate-documentation`; nothing links it.
@@ -22,6 +23,7 @@ let package = Package(
             dependencies: [
                 "CUDSKit",
                 .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: asyncOnTheCallersExecutor
         ),
@@ -33,10 +35,14 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: asyncOnTheCallersExecutor
         ),
-        .testTarget(name: "UDSKitTests", dependencies: ["UDSKit"]),
+        .testTarget(
+            name: "UDSKitTests",
+            dependencies: ["UDSKit", .product(name: "Logging", package: "swift-log")]
+        ),
         .testTarget(
             name: "udsTests",
             dependencies: ["uds"],

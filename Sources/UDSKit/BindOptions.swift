@@ -1,3 +1,4 @@
+import Logging
 import SystemPackage
 
 /// How a socket takes its name in the filesystem.
@@ -38,6 +39,11 @@ public struct BindOptions: Sendable {
     /// accepting thread: keep it short.
     public var onAcceptRecovery: (@Sendable (AcceptRecoveryEvent) -> Void)?
 
+    /// Listeners: where they log refused peers (notice) and how `accept`
+    /// got through failures (warning); `nil`, the default, logs nothing and
+    /// costs nothing. Successful accepts and messages are never logged.
+    public var logger: Logger?
+
     /// When an owner or group is set, the socket file is created with owner-only
     /// permissions, handed over, and only then given `permissions` (0660 if
     /// `nil`), so nobody else can connect before it is theirs.
@@ -48,9 +54,11 @@ public struct BindOptions: Sendable {
         replaceStaleSocket: Bool = true,
         removeOnClose: Bool = true,
         backlog: Int? = nil,
-        onAcceptRecovery: (@Sendable (AcceptRecoveryEvent) -> Void)? = nil
+        onAcceptRecovery: (@Sendable (AcceptRecoveryEvent) -> Void)? = nil,
+        logger: Logger? = nil
     ) {
         self.onAcceptRecovery = onAcceptRecovery
+        self.logger = logger
         self.permissions = permissions
         self.owner = owner
         self.group = group

@@ -1,3 +1,4 @@
+import Logging
 import Synchronization
 import SystemPackage
 
@@ -42,13 +43,17 @@ public final class ActivatedSockets: Sendable {
     /// or name another process (`LISTEN_PID`). The first call reads the
     /// variables and unsets them, so that child processes do not take the
     /// sockets too; later calls return the same sockets.
-    public static func take() throws(SocketError) -> ActivatedSockets {
-        try once.withLock { (cached) throws(SocketError) -> ActivatedSockets in
-            if let cached { return cached }
+    /// - Parameter logger: Told (info) of each socket the first call took;
+    ///   `nil` logs nothing.
+    public static func take(logger: Logger? = nil) throws(SocketError) -> ActivatedSockets {
+        let (sockets, first) = try once.withLock { (cached) throws(SocketError) -> (ActivatedSockets, Bool) in
+            if let cached { return (cached, false) }
             let found = try read()
             cached = found
-            return found
+            return (found, true)
         }
+        if first, let logger { sockets.log(to: logger) }
+        return sockets
     }
 
     private static func read() throws(SocketError) -> ActivatedSockets {

@@ -199,6 +199,7 @@ extension SocketHandle {
         if admits(credentials) { return true }
         try? connection.close()
         policy.onRefusal?(credentials)
+        logRefusal(of: credentials)
         return false
     }
 }

@@ -404,11 +404,13 @@ extension SocketHandle {
         let backlog = options.backlog.map { CInt(clamping: $0) } ?? Platform.defaultBacklog
         try call("listen") { Sys.listen($0, backlog: backlog) }
         acceptRecoveryHandler.withLock { $0 = options.onAcceptRecovery }
+        logger.withLock { $0 = options.logger }
         ReserveDescriptor.shared.ensureHeld()
     }
 
     func reportAcceptRecovery(_ event: AcceptRecoveryEvent) {
         acceptRecoveryHandler.withLock { $0 }?(event)
+        log(event)
     }
 
     /// Accepts the next connection the policy admits; refused peers are told

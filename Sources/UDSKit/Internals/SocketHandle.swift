@@ -1,3 +1,4 @@
+import Logging
 import Synchronization
 import SystemPackage
 
@@ -25,6 +26,8 @@ final class SocketHandle: Sendable {
     let receivesCredentials = Atomic<Bool>(false)
     /// Whom a listener tells how it got through accept failures (``BindOptions/onAcceptRecovery``).
     let acceptRecoveryHandler = Mutex<(@Sendable (AcceptRecoveryEvent) -> Void)?>(nil)
+    /// Where a listener logs refusals and accept recovery (``BindOptions/logger``).
+    let logger = Mutex<Logger?>(nil)
     /// Descriptors kept from plain reads, and how many were closed for lack of room.
     let kept = Mutex<KeptDescriptors>(KeptDescriptors())
 
