@@ -6,11 +6,14 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "UDSKit", targets: ["UDSKit"]),
+        .library(name: "UDSKitServiceLifecycle", targets: ["UDSKitServiceLifecycle"]),
         .executable(name: "uds", targets: ["uds"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // Only for UDSKitServiceLifecycle, so the core keeps its few dependencies.
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         // Only for `swift package generate-documentation`; nothing links it.
@@ -24,6 +27,14 @@ let package = Package(
                 "CUDSKit",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: asyncOnTheCallersExecutor
+        ),
+        .target(
+            name: "UDSKitServiceLifecycle",
+            dependencies: [
+                "UDSKit",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: asyncOnTheCallersExecutor
         ),
@@ -42,6 +53,14 @@ let package = Package(
         .testTarget(
             name: "UDSKitTests",
             dependencies: ["UDSKit", .product(name: "Logging", package: "swift-log")]
+        ),
+        .testTarget(
+            name: "UDSKitServiceLifecycleTests",
+            dependencies: [
+                "UDSKitServiceLifecycle",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(
             name: "udsTests",
