@@ -1,3 +1,4 @@
+import Logging
 import UDSKit
 
 extension EchoServer {
@@ -7,30 +8,48 @@ extension EchoServer {
     /// waits for readability, then reads into the loop's scratch buffer and
     /// writes straight back from it; only bytes the peer cannot take yet are
     /// copied aside.
-    func serveAsync(_ listener: AsyncStreamListener, transcript: Transcript) async {
+    func serveAsync(_ listener: AsyncStreamListener, transcript: Transcript, logger: Logger?) async throws {
         let chunk = self.chunk
         let showPeer = self.showPeer
         let format = FrameOptions.format(frame, maxFrame: maxFrame)
-        await acceptAsync(listener.accept, on: listener.eventLoop, loopOf: { $0.eventLoop }, transcript: transcript) {
-            connection, peer, id in
-            if let format {
-                await echoFrames(connection, format: format, peer: peer, id: id, showPeer: showPeer, transcript: transcript)
-                return
+        let onGlobal = executor == .global
+        let server = AsyncStreamServer(listener: listener, logger: logger) { connection, peer, context in
+            await onChosenExecutor(global: onGlobal) {
+                transcript.opened(context.id)
+                if let format {
+                    await echoFrames(connection, format: format, peer: peer, id: context.id, showPeer: showPeer, transcript: transcript)
+                    return
+                }
+                await echo(
+                    connection, peer: peer, id: context.id, chunk: chunk, showPeer: showPeer, loop: connection.eventLoop,
+                    transcript: transcript)
             }
-            await echo(
-                connection, peer: peer, id: id, chunk: chunk, showPeer: showPeer, loop: connection.eventLoop,
-                transcript: transcript)
         }
+        try await serveGracefully(server, transcript: transcript)
     }
 
     /// Serves seqpacket connections on the shared event loop, one message at a time.
-    func serveAsync(_ listener: AsyncSeqpacketListener, transcript: Transcript) async {
+    func serveAsync(_ listener: AsyncSeqpacketListener, transcript: Transcript, logger: Logger?) async throws {
         let chunk = self.chunk
         let showPeer = self.showPeer
-        await acceptAsync(listener.accept, on: listener.eventLoop, loopOf: { $0.eventLoop }, transcript: transcript) {
-            connection, peer, id in
-            await echo(connection, peer: peer, id: id, chunk: chunk, showPeer: showPeer, transcript: transcript)
+        let onGlobal = executor == .global
+        let server = AsyncSeqpacketServer(listener: listener, logger: logger) { connection, peer, context in
+            await onChosenExecutor(global: onGlobal) {
+                transcript.opened(context.id)
+                await echo(connection, peer: peer, id: context.id, chunk: chunk, showPeer: showPeer, transcript: transcript)
+            }
         }
+        try await serveGracefully(server, transcript: transcript)
+    }
+
+    /// Runs `server` until SIGINT or SIGTERM has shut it down: it stops
+    /// accepting (removing the socket file) at once, and closes the clients
+    /// still connected after --grace; a second signal exits at once.
+    private func serveGracefully<Listener>(_ server: AsyncServer<Listener>, transcript: Transcript) async throws {
+        let grace = self.grace.duration
+        ShutdownSignals.install({ _ in server.shutdown(gracePeriod: grace) }, onSecond: { _ in ShutdownSignals.exitProcess(0) })
+        transcript.say("waiting for a connection")
+        try await server.run()
     }
 
     /// Serves datagrams on the shared event loop.
@@ -54,43 +73,16 @@ extension EchoServer {
             }
         }
     }
+}
 
-    /// Accepts connections and serves each in a child task of its own, on the
-    /// loop thread (or, with `--executor global`, on Swift's thread pool: a
-    /// thread hop per wake-up, to measure what that costs).
-    private func acceptAsync<Connection: Sendable>(
-        _ accept: @escaping @Sendable (Duration?) async throws -> (connection: Connection, peer: UnixAddress),
-        on listenerLoop: EventLoop, loopOf: @escaping @Sendable (Connection) -> EventLoop,
-        transcript: Transcript,
-        serve: @escaping @Sendable (Connection, UnixAddress, Int) async -> Void
-    ) async {
-        let preference: (any TaskExecutor)? = executor == .loop ? listenerLoop : nil
-        await withTaskExecutorPreference(preference) {
-            await withDiscardingTaskGroup { group in
-                transcript.say("waiting for a connection")
-                var nextID = 0
-                while true {
-                    let connection: Connection
-                    let peer: UnixAddress
-                    do {
-                        // The listener gets through running out of descriptors itself.
-                        (connection, peer) = try await accept(nil)
-                    } catch let error as SocketError {
-                        if ShutdownSignals.received.load(ordering: .acquiring) || error.code == .closed { return }
-                        report(error)
-                        return
-                    } catch {
-                        return  // Cancelled.
-                    }
-                    nextID += 1
-                    let id = nextID
-                    transcript.opened(id)
-                    // On the connection's own loop (with --loops, they differ).
-                    let loop: (any TaskExecutor)? = preference == nil ? nil : loopOf(connection)
-                    group.addTask(executorPreference: loop) { await serve(connection, peer, id) }
-                }
-            }
-        }
+/// Runs `body` where --executor says: on the connection's loop, where the
+/// server already runs it, or with `global` on Swift's thread pool (a thread
+/// hop per wake-up, to measure what that costs).
+private func onChosenExecutor(global: Bool, _ body: () async -> Void) async {
+    if global {
+        await withTaskExecutorPreference(globalConcurrentExecutor) { await body() }
+    } else {
+        await body()
     }
 }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import Synchronization
 import SystemPackage
 import UDSKit
@@ -18,7 +19,9 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
 
             A stale socket file (nobody listening) is replaced; a live server's socket or
             any other kind of file at the path is never touched. SIGINT or SIGTERM stop
-            the server and remove its socket file.
+            the server gracefully: it stops accepting and removes its socket file at
+            once, lets connected clients finish for up to --grace seconds, then closes
+            them and exits 0. A second signal exits at once.
 
             A peer refused by --allow-uid or --allow-gid is closed at once, unread: its
             client sees end-of-stream, or "broken pipe" if it writes first.
@@ -88,12 +91,19 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
     @Option(help: FrameOptions.echoFrameHelp)
     var frame: FrameFormatOption?
 
+    @Option(parsing: .unconditional, help: "After SIGINT or SIGTERM, how long connected clients may go on, in seconds, \(OptionRange.seconds.help) (default 5).")
+    var grace: DurationOption = DurationOption(seconds: 5)
+
+    @Option(name: .customLong("log-level"), help: LogLevelOption.help)
+    var logLevel: LogLevelOption?
+
     @Option(name: .customLong("max-frame"), parsing: .unconditional, help: FrameOptions.maxFrameHelp)
     var maxFrame: Int?
 
     func validate() throws {
         try OptionRange.bufferSize.check("--chunk", chunk)
         try OptionRange.eventLoops.check("--loops", loops)
+        try OptionRange.seconds.check("--grace", grace)
         if loops > 1 && io == .threads { throw ValidationError("--loops needs --io async or handlers") }
         if io == .handlers && type != .stream { throw ValidationError("--io handlers serves stream sockets only") }
         try FrameOptions.check(frame, maxFrame: maxFrame)
@@ -119,14 +129,15 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
         ShutdownSignals.prepare()
         raiseDescriptorLimit()
         let transcript = Transcript(quiet: quiet)
-        let options = BindOptions(permissions: mode?.permissions) { event in
+        let logger = LogLevelOption.logger(logLevel)
+        let options = BindOptions(permissions: mode?.permissions, onAcceptRecovery: { event in
             transcript.reportAcceptRecovery(event)
-        }
+        }, logger: logger)
         let access = accessPolicy
         do {
             // A socket a service manager passed wins over the address: serve on
             // it, whatever its type (and never unlink its file).
-            let activated = try ActivatedSockets.take()
+            let activated = try ActivatedSockets.take(logger: logger)
             let passed = activated.sockets.isEmpty ? nil : try activated.take(named: activatedName)
             func make<Socket>(
                 adopting adopt: (FileDescriptor) throws(SocketError) -> Socket, binding bind: () throws(SocketError) -> Socket
@@ -152,21 +163,14 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
                     adopting: { (fd) throws(SocketError) in try AsyncStreamListener(adopting: fd, admitting: access, on: loops) },
                     binding: { () throws(SocketError) in try AsyncStreamListener.bind(to: address, options: options, admitting: access, on: loops) })
                 announce(replacedStale: listener.replacedStaleSocket, address: self.address)
-                // Exit from the handler, once the socket file is gone: returning
-                // would wait for every connected client to hang up, and the
-                // accept loop could end before the file is removed.
-                ShutdownSignals.install { _ in
-                    try? listener.close()
-                    Foundation.exit(0)
-                }
                 if io == .handlers {
-                    try runOnLoop(listener.eventLoop) { try await serveWithHandlers(listener, transcript: transcript) }
+                    try runOnLoop(listener.eventLoop) {
+                        try await serveWithHandlers(listener, transcript: transcript, logger: logger)
+                    }
                 } else {
-                    try runOnLoop(listener.eventLoop) { await serveAsync(listener, transcript: transcript) }
+                    // Returns once the server has shut down and its clients are gone.
+                    try runOnLoop(listener.eventLoop) { try await serveAsync(listener, transcript: transcript, logger: logger) }
                 }
-                // The loop ends when the handler closes the socket; returning now would
-                // call exit() alongside the handler's (AddressSanitizer saw a double free).
-                yieldToShutdown()
             case .stream:
                 let listener = try make(
                     adopting: { (fd) throws(SocketError) in try StreamListener(adopting: fd, admitting: access) },
@@ -177,20 +181,13 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
                         let (connection, peer) = try listener.accept()
                         return (StreamEchoConnection(socket: connection), peer)
                     },
-                    close: { try? listener.close() }, transcript: transcript)
+                    close: { try? listener.close() }, transcript: transcript, logger: logger)
             case .seqpacket where io == .async:
                 let listener = try make(
                     adopting: { (fd) throws(SocketError) in try AsyncSeqpacketListener(adopting: fd, admitting: access, on: loops) },
                     binding: { () throws(SocketError) in try AsyncSeqpacketListener.bind(to: address, options: options, admitting: access, on: loops) })
                 announce(replacedStale: listener.replacedStaleSocket, address: self.address)
-                ShutdownSignals.install { _ in
-                    try? listener.close()
-                    Foundation.exit(0)
-                }
-                try runOnLoop(listener.eventLoop) { await serveAsync(listener, transcript: transcript) }
-                // The loop ends when the handler closes the socket; returning now would
-                // call exit() alongside the handler's (AddressSanitizer saw a double free).
-                yieldToShutdown()
+                try runOnLoop(listener.eventLoop) { try await serveAsync(listener, transcript: transcript, logger: logger) }
             case .dgram where io == .async:
                 let socket = try make(
                     adopting: { (fd) throws(SocketError) in try AsyncDatagramSocket(adopting: fd, on: loops.next()) },
@@ -214,7 +211,7 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
                         let (connection, peer) = try listener.accept()
                         return (SeqpacketEchoConnection(socket: connection), peer)
                     },
-                    close: { try? listener.close() }, transcript: transcript)
+                    close: { try? listener.close() }, transcript: transcript, logger: logger)
             case .dgram:
                 let socket = try make(
                     adopting: { (fd) throws(SocketError) in try DatagramSocket(adopting: fd) },
@@ -268,11 +265,13 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
         replacedStale: Bool,
         accept: () throws(SocketError) -> (any EchoConnection, UnixAddress),
         close: @escaping @Sendable () -> Void,
-        transcript: Transcript
+        transcript: Transcript, logger: Logger?
     ) throws(SocketError) {
         announce(replacedStale: replacedStale, address: address)
-        ShutdownSignals.install { _ in close() }
+        // Closing the listener ends the accept loop below, which then drains.
+        ShutdownSignals.install({ _ in close() }, onSecond: { _ in ShutdownSignals.exitProcess(0) })
         transcript.say("waiting for a connection")
+        let open = OpenConnections()
         var nextID = 0
         while true {
             let connection: any EchoConnection
@@ -281,16 +280,21 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
                 // The listener gets through running out of descriptors itself.
                 (connection, peer) = try accept()
             } catch {
-                if ShutdownSignals.received.load(ordering: .acquiring) { return }
+                if ShutdownSignals.received.load(ordering: .acquiring) {
+                    open.drain(within: grace.duration, logger: logger)
+                    return
+                }
                 throw error
             }
             nextID += 1
             let id = nextID
             transcript.opened(id)
+            open.opened(id) { connection.close() }
             let chunk = self.chunk
             let showPeer = self.showPeer
             let format = FrameOptions.format(frame, maxFrame: maxFrame)
             Thread.detachNewThread {
+                defer { open.closed(id) }
                 if let format, let stream = connection as? StreamEchoConnection {
                     echoFrames(stream.socket, format: format, peer: peer, id: id, showPeer: showPeer, transcript: transcript)
                     return

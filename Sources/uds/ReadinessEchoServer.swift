@@ -1,3 +1,5 @@
+import Foundation
+import Logging
 import Synchronization
 import UDSKit
 
@@ -7,10 +9,20 @@ extension EchoServer {
     /// every edge, and it reads into the loop's scratch buffer and writes
     /// straight back, as a C epoll server does. Only bytes a slow peer has not
     /// taken yet are held.
-    func serveWithHandlers(_ listener: AsyncStreamListener, transcript: Transcript) async throws {
+    func serveWithHandlers(_ listener: AsyncStreamListener, transcript: Transcript, logger: Logger?) async throws {
         let chunk = self.chunk
         let showPeer = self.showPeer
         let nextID = Mutex(0)
+        let open = OpenConnections()
+        let grace = self.grace.duration
+        ShutdownSignals.install({ _ in
+            try? listener.close()
+            // Not on the signal thread, which must stay free for a second signal.
+            Thread.detachNewThread {
+                open.drain(within: grace, logger: logger)
+                ShutdownSignals.exitProcess(0)
+            }
+        }, onSecond: { _ in ShutdownSignals.exitProcess(0) })
         transcript.say("waiting for a connection")
         listener.setReadinessHandler { _ in
             while true {
@@ -28,7 +40,8 @@ extension EchoServer {
                 }
                 transcript.opened(id)
                 let session = EchoSession(
-                    connection: connection, peer: peer, id: id, chunk: chunk, transcript: transcript)
+                    connection: connection, peer: peer, id: id, chunk: chunk, transcript: transcript, open: open)
+                open.opened(id) { try? connection.close() }
                 transcript.connected(
         peer, client: id,
         identity: showPeer ? { PeerIdentity(credentials: try? connection.peerCredentials(), process: try? connection.peerProcess()) } : nil)
@@ -41,7 +54,7 @@ extension EchoServer {
             }
         }
         // The handlers do the work; this task only keeps the command running
-        // until a signal ends the process.
+        // until a signal's shutdown ends the process.
         while true { try await listener.eventLoop.sleep(for: .seconds(3600)) }
     }
 }
@@ -54,11 +67,13 @@ private final class EchoSession: @unchecked Sendable {
     let id: Int
     let chunk: Int
     let transcript: Transcript
+    let open: OpenConnections
     /// What the peer has not taken yet.
     private var unsent: [UInt8] = []
     private var done = false
 
-    init(connection: AsyncStreamSocket, peer: UnixAddress, id: Int, chunk: Int, transcript: Transcript) {
+    init(connection: AsyncStreamSocket, peer: UnixAddress, id: Int, chunk: Int, transcript: Transcript, open: OpenConnections) {
+        self.open = open
         self.connection = connection
         self.peer = peer
         self.id = id
@@ -113,5 +128,6 @@ private final class EchoSession: @unchecked Sendable {
         connection.setReadinessHandler(nil)
         try? connection.close()
         transcript.closed(id)
+        open.closed(id)
     }
 }

@@ -18,6 +18,8 @@ enum ShutdownSignals {
     private struct State {
         var prepared = false
         var action: (@Sendable (_ name: String) -> Void)?
+        /// What a second signal does, for an action that takes its time.
+        var second: (@Sendable (_ name: String) -> Void)?
         /// A signal that arrived before there was an action to run.
         var unhandled: String?
     }
@@ -77,21 +79,47 @@ enum ShutdownSignals {
 
     /// Runs `action` at the first SIGINT or SIGTERM, or at once if one
     /// already arrived since ``prepare()``.
-    static func install(_ action: @escaping @Sendable (_ name: String) -> Void) {
+    /// `second` runs at the next signal: for an action that does not exit
+    /// at once (a graceful shutdown), a second signal is how to insist.
+    /// The action runs on the thread that reads signals: one that waits must
+    /// return first, or the second signal waits for it.
+    static func install(
+        _ action: @escaping @Sendable (_ name: String) -> Void,
+        onSecond second: (@Sendable (_ name: String) -> Void)? = nil
+    ) {
         prepare()
         let pending = state.withLock { state in
             state.action = action
+            state.second = second
             return state.unhandled.take()
         }
         if let pending { action(pending) }
     }
 
     private static func deliver(_ name: String) {
-        guard !received.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        guard !received.exchange(true, ordering: .acquiringAndReleasing) else {
+            state.withLock { $0.second }?(name)
+            return
+        }
         let action = state.withLock { state in
             if state.action == nil { state.unhandled = name }
             return state.action
         }
         action?(name)
+    }
+}
+
+extension ShutdownSignals {
+    private static let exiting = Atomic<Bool>(false)
+
+    /// Exits with `status`, once: a second thread that gets here (a second
+    /// signal while the command returns) waits for the first one's exit,
+    /// since two threads in exit() at once corrupt the heap (AddressSanitizer
+    /// saw a double free).
+    static func exitProcess(_ status: Int32) -> Never {
+        if exiting.exchange(true, ordering: .acquiringAndReleasing) {
+            while true { Thread.sleep(forTimeInterval: 3600) }
+        }
+        Foundation.exit(status)
     }
 }

@@ -67,7 +67,7 @@ struct UDS: AsyncParsableCommand {
             }
             exitReporting(error)
         }
-        Foundation.exit(0)
+        ShutdownSignals.exitProcess(0)
     }
 
     private static func exitReporting(_ error: any Error) -> Never {
