@@ -91,7 +91,7 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
     @Option(help: FrameOptions.echoFrameHelp)
     var frame: FrameFormatOption?
 
-    @Option(parsing: .unconditional, help: "After SIGINT or SIGTERM, how long connected clients may go on, in seconds, \(OptionRange.seconds.help) (default 5).")
+    @Option(parsing: .unconditional, help: "After SIGINT or SIGTERM, how long clients may go on before they are closed (\(OptionRange.seconds.help)).")
     var grace: DurationOption = DurationOption(seconds: 5)
 
     @Option(name: .customLong("log-level"), help: LogLevelOption.help)
