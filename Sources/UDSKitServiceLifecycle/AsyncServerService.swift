@@ -1,7 +1,7 @@
 import ServiceLifecycle
 import UDSKit
 
-/// An ``UDSKit/AsyncServer`` as a swift-service-lifecycle `Service`, for a
+/// An `AsyncServer` as a swift-service-lifecycle `Service`, for a
 /// `ServiceGroup` to run next to the process's other services.
 ///
 ///     let server = AsyncStreamServer(listener: listener, logger: logger) { connection, peer, context in ... }
@@ -32,7 +32,7 @@ public struct AsyncServerService<Listener: ServableListener>: Service {
     }
 
     /// Runs the server until it has shut down.
-    /// - Throws: What ``UDSKit/AsyncServer/run()`` throws.
+    /// - Throws: What `AsyncServer.run()` throws.
     public func run() async throws {
         let server = self.server
         let gracePeriod = self.gracePeriod
