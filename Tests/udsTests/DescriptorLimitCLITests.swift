@@ -43,4 +43,19 @@ struct DescriptorLimitCLITests {
         #expect(fields["file_left"] == "False", "\(run.transcript)")
         #expect((Int(fields["stderr_lines"] ?? "") ?? 99) <= 6, "bounded reports: \(run.transcript)")
     }
+
+    @Test("--log-level warning logs the shedding as a warning")
+    func sheddingIsLogged() async throws {
+        let box = try Sandbox()
+        defer { box.cleanup() }
+        let script = try box.python("descriptor_limit.py", [
+            try Tools.uds(), box.resolve("limit.sock"), "stream", "async", "\(Self.limit)", "\(Self.clients)",
+            "--log-level", "warning",
+        ])
+        let run = try await box.run(script, timeout: .seconds(150))
+        #expect(run.termination == .exited(0), "\(run.transcript)")
+        let summary = run.stdout.lines.first ?? ""
+        #expect(summary.contains("shed_logged=True"), "\(run.transcript)")
+        #expect(summary.contains("exit=0"), "\(run.transcript)")
+    }
 }

@@ -1,7 +1,7 @@
 """Runs `uds echo-server` with a low descriptor limit and more clients than
 it can hold, then checks that it kept serving.
 
-usage: descriptor_limit.py UDS PATH TYPE IO LIMIT CLIENTS
+usage: descriptor_limit.py UDS PATH TYPE IO LIMIT CLIENTS [SERVER_OPTION...]
 
 Prints one line of key=value pairs: whether the server stayed alive, how
 many clients were served or shed, whether a new client got its echo once
@@ -15,6 +15,7 @@ import sys
 import time
 
 uds, path, kind, io, limit, count = sys.argv[1:7]
+extra = sys.argv[7:]
 limit, count = int(limit), int(count)
 socket_type = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_SEQPACKET
 
@@ -25,7 +26,7 @@ def lower_limit():
 
 resource.setrlimit(resource.RLIMIT_NOFILE, (max(4096, count * 2), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 server = subprocess.Popen(
-    [uds, "echo-server", path, "--quiet", "--type", kind, "--io", io],
+    [uds, "echo-server", path, "--quiet", "--type", kind, "--io", io] + extra,
     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=lower_limit)
 
 
@@ -93,6 +94,7 @@ print(" ".join([
     f"alive={alive}", f"served={served}", f"shed={shed}", f"echo_after={echo_after}",
     f"alive_after={alive_after}", f"exit={server.returncode}", f"file_left={os.path.exists(path)}",
     f"stderr_lines={len(lines)}", f"shed_reported={any('closed a pending connection' in line for line in lines)}",
+    f"shed_logged={any(line.startswith('uds: warning: out of descriptors: closed a pending connection') for line in lines)}",
 ]))
 for line in lines[:20]:
     print("stderr:", line)
