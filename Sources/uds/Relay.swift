@@ -98,6 +98,9 @@ struct Relay: ParsableCommand, HandlesShutdownSignals {
     @Flag(help: "Copy through the buffer even where splice(2) could move the bytes (Linux; for comparison).")
     var noSplice = false
 
+    @Option(name: .customLong("log-level"), help: LogLevelOption.help)
+    var logLevel: LogLevelOption?
+
     @OptionGroup(title: "Dump")
     var dumpOptions: DumpOptions
 
@@ -167,7 +170,7 @@ struct Relay: ParsableCommand, HandlesShutdownSignals {
         }
         let relay: DatagramRelay
         do {
-            let socket = try DatagramSocket.bind(to: front, options: BindOptions(permissions: mode?.permissions))
+            let socket = try DatagramSocket.bind(to: front, options: BindOptions(permissions: mode?.permissions, logger: LogLevelOption.logger(logLevel)))
             if socket.replacedStaleSocket { announceStaleReplaced(endpoint) }
             relay = DatagramRelay(front: socket, target: upstream, log: log, maximumPeers: maxConnections)
         } catch {
@@ -189,7 +192,7 @@ struct Relay: ParsableCommand, HandlesShutdownSignals {
     private func serve(_ endpoint: Endpoint, target: RelayEndpoint, log: RelayLog, connectTimeout: Duration?) throws {
         let listener: RelayListener
         do {
-            listener = try RelayListener.bind(endpoint, type: type, options: BindOptions(permissions: mode?.permissions))
+            listener = try RelayListener.bind(endpoint, type: type, options: BindOptions(permissions: mode?.permissions, logger: LogLevelOption.logger(logLevel)))
         } catch {
             report(Diagnosis.bind(error))
             throw ExitCode.failure
