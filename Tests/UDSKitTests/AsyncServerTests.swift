@@ -345,6 +345,75 @@ struct AsyncServerTests {
     }
 }
 
+// MARK: Descriptors, counted in a quiet child process
+
+/// Servers that shut down every way (clients that hang up, idle ones cut at
+/// the deadline, handlers that throw) leave no descriptor behind. Counted in
+/// a child process of this test binary, where nothing else runs (see
+/// `DescriptorLeakTests`).
+@Suite("AsyncServer descriptors")
+struct AsyncServerDescriptorTests {
+    @Test func aServerLeavesNoDescriptorInAChildProcess() throws {
+        try withTemporaryDirectory { directory in
+            let child = try runTestInChildProcess(named: "serverRoundsInChildProcess", in: directory)
+            #expect(child.reason == .exit)
+            #expect(child.status == 0, "child output:\n\(child.output)")
+            let result = try #require(child.result, "no result from the child; output:\n\(child.output)")
+            #expect(result["rounds"] == "4")
+            #expect(result["before"] == result["after"], "extra: \(result["extra"] ?? "")")
+        }
+    }
+
+    /// One server's life: `count` clients, every third of which stays idle
+    /// until the deadline cuts it, every third of which makes its handler throw.
+    static func round(_ address: UnixAddress, clients count: Int) async throws {
+        struct Thrown: Error {}
+        let listener = try AsyncStreamListener.bind(to: address)
+        let server = AsyncStreamServer(listener: listener) { connection, _, _ in
+            let request = try await connection.read(upTo: 16)
+            if request == Array("throw".utf8) { throw Thrown() }
+            try await connection.writeAll(request)
+            _ = try await connection.read(upTo: 16)  // Until the client hangs up or the cut.
+        }
+        let running = Task { try await server.run() }
+        var clients: [AsyncStreamSocket] = []
+        for index in 0..<count {
+            let client = try await AsyncStreamSocket.connect(to: address)
+            let message = Array((index % 3 == 1 ? "throw" : "hello").utf8)
+            try await client.writeAll(message)
+            _ = try await client.read(upTo: 16, timeout: endsRatherThanHangs)
+            if index % 3 == 0 { try client.close() } else { clients.append(client) }
+        }
+        server.shutdown(gracePeriod: .milliseconds(50))
+        try await running.value
+        for client in clients { try client.close() }
+    }
+
+    @Test(.enabled(if: isChildProcess(for: "serverRoundsInChildProcess")))
+    func serverRoundsInChildProcess() async throws {
+        try await withTemporaryDirectoryAsync { directory in
+            let address = try directory.address("s")
+            // Warm up: what the runtime and the loop open once is open by now.
+            try await Self.round(address, clients: 3)
+            try await Task.sleep(for: .milliseconds(50))
+            let before = openDescriptors()
+            for _ in 0..<4 { try await Self.round(address, clients: 30) }
+            var after = openDescriptors()
+            for _ in 0..<3 where after != before {
+                try await Task.sleep(for: .milliseconds(100))
+                after = openDescriptors()
+            }
+            let extra = after.subtracting(before).sorted().map { "\($0):\(descriptorTarget($0))" }
+            try writeChildResult([
+                "rounds": "4", "before": String(before.count), "after": String(after.count),
+                "extra": extra.prefix(20).joined(separator: ","),
+            ])
+            #expect(extra.isEmpty, "\(extra.count) descriptors more than before: \(extra.prefix(20))")
+            #expect(!fileExists(atPath: directory.path("s")))
+        }
+    }
+}
+
 // MARK: Helpers
 
 /// A flag a server test sets once and waits for.
