@@ -59,6 +59,21 @@ struct ActivationCLITests {
         #expect(outcome.file_left == true, "the activator's file is the activator's: \(transcript)")
     }
 
+    @Test("--log-level info logs each passed socket, and the graceful shutdown leaves the activator's file")
+    func activationIsLogged() async throws {
+        let (outcome, transcript) = try await run("logged")
+        #expect(outcome.ready == true, "\(transcript)")
+        #expect(outcome.client?.first == .number(0), "\(transcript)")
+        let lines = splitLines(outcome.stderr ?? "")
+        for (name, fd) in [("alpha", 3), ("beta", 4)] {
+            #expect(lines.contains { $0.hasPrefix("uds: info: socket activation: took a socket ")
+                && $0.contains(" fd=\(fd) ") && $0.contains(" listening=true name=\(name) type=stream") }, "\(transcript)")
+        }
+        #expect(lines.contains { $0.hasPrefix("uds: info: shutting down: no longer accepting ") }, "\(transcript)")
+        #expect(outcome.exit == 0, "\(transcript)")
+        #expect(outcome.file_left == true, "the activator's file is the activator's: \(transcript)")
+    }
+
     @Test("--accept: inetd-style, each connection is one echo-server run on descriptor 3")
     func inetdStyleServesOneConnection() async throws {
         let (outcome, transcript) = try await run("accept")

@@ -80,6 +80,13 @@ elif case == "named":
     result["ready"] = wait_for(beta, server)
     result["client"] = client(beta, "to beta")
     result["exit"], result["stdout"], result["stderr"] = stop(server)
+elif case == "logged":
+    alpha, beta = os.path.join(directory, "alpha.sock"), os.path.join(directory, "beta.sock")
+    server = start(["--fdname=alpha:beta"], [alpha, beta], ["--activated", "beta", "--log-level", "info"])
+    result["ready"] = wait_for(beta, server)
+    result["client"] = client(beta, "logged")
+    result["exit"], result["stdout"], result["stderr"] = stop(server)
+    result["file_left"] = os.path.exists(beta)
 elif case == "ambiguous":
     gamma, delta = os.path.join(directory, "gamma.sock"), os.path.join(directory, "delta.sock")
     server = start(["--fdname=gamma:delta"], [gamma, delta])
