@@ -62,8 +62,8 @@ public final class AsyncServer<Listener: ServableListener>: Sendable {
         var deadline: ContinuousClock.Instant?
         var connections: [Int: Listener.Connection] = [:]
         var lastID = 0
-        /// The connections were closed at the deadline; one accepted after
-        /// that is closed at once.
+        /// The connections still open at the deadline were closed: what
+        /// their handlers throw then is the cut, not a failure.
         var cut = false
         /// Fired when the deadline moves or the last connection ends during
         /// shutdown, and then replaced: the drain looks at the state again.
@@ -137,12 +137,13 @@ public final class AsyncServer<Listener: ServableListener>: Sendable {
                         logger?.error("accept failed; shutting down", metadata: [LogKey.error: "\(error)"])
                         break
                     }
-                    let (id, cutAlready) = state.withLock { state in
+                    // Counted before its task starts, so that a shutdown that
+                    // begins now waits for it too.
+                    let id = state.withLock { state in
                         state.lastID += 1
                         state.connections[state.lastID] = connection
-                        return (state.lastID, state.cut)
+                        return state.lastID
                     }
-                    if cutAlready { try? connection.close() }
                     let context = ConnectionContext(id: id, shutdownBegan: shutdownBegan)
                     group.addTask(executorPreference: connection.eventLoop) {
                         await self.serve(connection, peer, context)
