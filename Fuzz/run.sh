@@ -42,12 +42,14 @@ scratch=.build-fuzz
 out="$scratch/fuzz"
 mkdir -p "$out/CUDSKit" "$scratch/artifacts"
 
-# SystemPackage (and the CSystem module it imports) as SwiftPM builds them;
-# they need no instrumentation, since the fuzzers do not exercise them.
+# SystemPackage (and the CSystem module it imports) and swift-log's Logging
+# as SwiftPM builds them; they need no instrumentation, since the fuzzers do
+# not exercise them.
 swift build --scratch-path "$scratch" --target SystemPackage >/dev/null
+swift build --scratch-path "$scratch" --target Logging >/dev/null
 debug="$scratch/debug"
 csystem_map=$(find "$scratch/checkouts" -path '*Sources/CSystem/include/module.modulemap' | head -n 1)
-system_objects=("$debug"/SystemPackage.build/*.o "$debug"/CSystem.build/*.o)
+system_objects=("$debug"/SystemPackage.build/*.o "$debug"/CSystem.build/*.o "$debug"/Logging.build/*.o)
 
 # CUDSKit is instrumented: the control-message walk calls its CMSG_* shims.
 cat >"$out/CUDSKit/module.modulemap" <<EOF
