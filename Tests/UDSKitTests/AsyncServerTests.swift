@@ -263,6 +263,53 @@ struct AsyncServerTests {
         try client.close()
     }
 
+    @Test func atTheDeadlineAHandlerThatWaitsOnSomethingElseIsCancelled() async throws {
+        let address = try uniqueAbstractAddress("sleeper")
+        let listener = try AsyncStreamListener.bind(to: address)
+        let sleeping = ServerTestFlag()
+        let cancelled = ServerTestFlag()
+        let server = AsyncStreamServer(listener: listener) { _, _, _ in
+            sleeping.set()
+            // Not a socket operation: only the task's cancellation ends it.
+            do {
+                try await Task.sleep(for: .seconds(3600))
+            } catch is CancellationError {
+                cancelled.set()
+                throw CancellationError()
+            }
+        }
+        let running = Task { try await server.run() }
+        let client = try await AsyncStreamSocket.connect(to: address)
+        try await sleeping.wait()
+        server.shutdown(gracePeriod: .milliseconds(20))
+        try await running.value
+        #expect(cancelled.isSet)
+        try client.close()
+    }
+
+    @Test func aHandlerWaitingForTheShutdownIsWokenByIt() async throws {
+        let address = try uniqueAbstractAddress("waiter")
+        let listener = try AsyncStreamListener.bind(to: address)
+        let waiting = ServerTestFlag()
+        let server = AsyncStreamServer(listener: listener) { connection, _, context in
+            #expect(!context.isShuttingDown)
+            waiting.set()
+            await context.waitUntilShuttingDown()
+            try await connection.writeAll(Array("goodbye".utf8))
+        }
+        let running = Task { try await server.run() }
+        let clients = [try await AsyncStreamSocket.connect(to: address), try await AsyncStreamSocket.connect(to: address)]
+        try await waiting.wait()
+        let deadline = ContinuousClock.now + endsRatherThanHangs
+        while server.openConnections < 2 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(2)) }
+        server.shutdown(gracePeriod: endsRatherThanHangs)
+        for client in clients {
+            #expect(try await client.read(upTo: 16, timeout: endsRatherThanHangs) == Array("goodbye".utf8))
+            try client.close()
+        }
+        try await running.value
+    }
+
     @Test func aSeqpacketServerEchoesAndShutsDown() async throws {
         let address = try uniqueAbstractAddress("seqpacket")
         let listener = try AsyncSeqpacketListener.bind(to: address)
