@@ -11,7 +11,12 @@ extension EchoServer {
         let chunk = self.chunk
         let showPeer = self.showPeer
         let format = FrameOptions.format(frame, maxFrame: maxFrame)
-        await acceptAsync(listener.accept, on: listener.eventLoop, loopOf: { $0.eventLoop }, transcript: transcript) {
+        // Stream peers are endpoints; this server is a Unix one.
+        let accept: @Sendable (Duration?) async throws -> (connection: AsyncStreamSocket, peer: UnixAddress) = {
+            let (connection, peer) = try await listener.accept(timeout: $0)
+            return (connection, peer.unixAddress ?? .unnamed)
+        }
+        await acceptAsync(accept, on: listener.eventLoop, loopOf: { $0.eventLoop }, transcript: transcript) {
             connection, peer, id in
             if let format {
                 await echoFrames(connection, format: format, peer: peer, id: id, showPeer: showPeer, transcript: transcript)
