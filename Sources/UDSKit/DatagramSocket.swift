@@ -1,4 +1,7 @@
-/// A `SOCK_DGRAM` Unix socket: whole messages, with boundaries kept.
+import SystemPackage
+
+/// A `SOCK_DGRAM` Unix socket: whole messages, with boundaries kept (see
+/// ``MessageSocket`` for sending and receiving).
 ///
 /// Unlike UDP, Unix datagrams are reliable and ordered: a send blocks while the
 /// receiver's queue is full instead of dropping. A message longer than the
@@ -7,26 +10,24 @@
 ///
 /// To get replies, a client binds an address of its own (a path with its pid,
 /// or an abstract name); an unbound sender cannot be answered.
-public final class DatagramSocket: Sendable {
-    let handle: SocketHandle
+public final class DatagramSocket: Socket, MessageSocket, @unchecked Sendable {
     /// Whether binding replaced a stale socket file.
     public let replacedStaleSocket: Bool
 
     init(handle: SocketHandle, replacedStaleSocket: Bool = false) {
-        self.handle = handle
         self.replacedStaleSocket = replacedStaleSocket
+        super.init(handle: handle)
     }
 
     /// An unbound socket: it can send, but nobody can answer it.
     public static func unbound() throws(SocketError) -> DatagramSocket {
-        DatagramSocket(handle: try SocketHandle.open(.datagram, operation: "socket", label: nil))
+        DatagramSocket(handle: try SocketHandle.openDatagram(bindingTo: nil, options: BindOptions(), nonBlocking: false).0)
     }
 
-    /// A socket bound to `address`, with the same safe-bind rules as
-    /// ``StreamListener/bind(to:options:admitting:)``; the file is removed on close.
-    public static func bind(to address: UnixAddress, options: BindOptions = BindOptions()) throws(SocketError) -> DatagramSocket {
-        let handle = try SocketHandle.open(.datagram, operation: "bind", label: address.description)
-        let replaced = try handle.bind(to: address, options: options)
+    /// A socket bound to `address`, with the safe-bind rules of ``Listener``;
+    /// the file is removed on close.
+    public static func bind(to address: some EndpointConvertible, options: BindOptions = BindOptions()) throws(SocketError) -> DatagramSocket {
+        let (handle, replaced) = try SocketHandle.openDatagram(bindingTo: address.makeEndpoint(), options: options, nonBlocking: false)
         return DatagramSocket(handle: handle, replacedStaleSocket: replaced)
     }
 
@@ -34,6 +35,12 @@ public final class DatagramSocket: Sendable {
     public static func makePair() throws(SocketError) -> (DatagramSocket, DatagramSocket) {
         let (first, second) = try SocketHandle.openPair(.datagram)
         return (DatagramSocket(handle: first), DatagramSocket(handle: second))
+    }
+
+    /// Takes over a datagram socket, bound or not, checked with the kernel first.
+    public init(adopting descriptor: FileDescriptor) throws(SocketError) {
+        self.replacedStaleSocket = false
+        super.init(handle: try SocketHandle.adopt(descriptor.rawValue, as: .init(kind: .datagram, listening: false)))
     }
 
     /// Sets the default destination, and receives only from it.
@@ -45,102 +52,55 @@ public final class DatagramSocket: Sendable {
     /// Sends one message to `address`. The corresponding C function is `sendto`.
     /// - Returns: The message's length: a datagram is sent whole or not at all.
     @discardableResult
-    public func send(_ buffer: UnsafeRawBufferPointer, to address: UnixAddress) throws(SocketError) -> Int {
-        try handle.send(buffer, to: address)
+    public func send(_ buffer: UnsafeRawBufferPointer, to address: UnixAddress, timeout: Duration? = nil) throws(SocketError) -> Int {
+        try handle.blocking(.write, "sendto", deadline: handle.deadline(timeout, .write), naming: address.description) { (fd, flags) in
+            handle.sendAttempt(fd, buffer, to: address, flags: flags)
+        }
     }
 
     /// Sends one message to `address`.
     @discardableResult
-    public func send(_ bytes: some Sequence<UInt8>, to address: UnixAddress) throws(SocketError) -> Int {
-        try withContiguousBytes(bytes) { (buffer) throws(SocketError) in try handle.send(buffer, to: address) }
-    }
-
-    /// Sends one message to the connected address. The corresponding C function is `send`.
-    @discardableResult
-    public func send(_ buffer: UnsafeRawBufferPointer) throws(SocketError) -> Int {
-        try handle.write(buffer)
-    }
-
-    /// Sends one message to the connected address.
-    @discardableResult
-    public func send(_ bytes: some Sequence<UInt8>) throws(SocketError) -> Int {
-        try withContiguousBytes(bytes) { (buffer) throws(SocketError) in try handle.write(buffer) }
-    }
-
-    /// Receives one message and its sender. The corresponding C function is `recvmsg`.
-    public func receive(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> ReceivedMessage {
-        try handle.receiveMessage(into: buffer, wantSender: true)
-    }
-
-    /// Receives one message of at most `maximumSize` bytes and its sender.
-    /// - Returns: The bytes, and the receipt; check `isTruncated`.
-    public func receive(maximumSize: Int = 65536) throws(SocketError) -> (bytes: [UInt8], receipt: ReceivedMessage) {
-        try handle.receiveMessage(maximumSize: maximumSize, wantSender: true)
-    }
-
-    /// A receive that waits longer than `timeout` fails with `.timedOut`; `nil` waits forever.
-    public func setReadTimeout(_ timeout: Duration?) throws(SocketError) {
-        try handle.setTimeout(receive: true, timeout)
-    }
-
-    /// A send that waits longer than `timeout` fails with `.timedOut`; `nil` waits forever.
-    public func setWriteTimeout(_ timeout: Duration?) throws(SocketError) {
-        try handle.setTimeout(receive: false, timeout)
-    }
-
-    /// This socket's address. The corresponding C function is `getsockname`.
-    public func localAddress() throws(SocketError) -> UnixAddress { try handle.localAddress() }
-
-    /// The connected address. The corresponding C function is `getpeername`.
-    public func peerAddress() throws(SocketError) -> UnixAddress { try handle.peerAddress() }
-
-    /// Closes the socket once and removes the socket file it bound.
-    public func close() throws(SocketError) { try handle.close() }
-
-    // MARK: Credentials and descriptor passing
-
-    /// Linux: every message received from now on carries its sender's
-    /// credentials, checked by the kernel (``ReceivedMessage/credentials``).
-    /// The corresponding C call is `setsockopt(SO_PASSCRED)`.
-    /// - Throws: `.system(.notSupported)` on other platforms.
-    public func setReceivesCredentials(_ on: Bool) throws(SocketError) {
-        try handle.setReceivesCredentials(on)
+    public func send(_ bytes: some Sequence<UInt8>, to address: UnixAddress, timeout: Duration? = nil) throws(SocketError) -> Int {
+        try withContiguousBytes(bytes) { (buffer) throws(SocketError) in try send(buffer, to: address, timeout: timeout) }
     }
 
     /// Sends one message with `descriptors` attached (`SCM_RIGHTS`), to `address`.
     @discardableResult
-    public func send(_ buffer: UnsafeRawBufferPointer, descriptors: [CInt], to address: UnixAddress) throws(SocketError) -> Int {
-        try handle.send(buffer, descriptors: descriptors, to: address, needsData: false)
+    public func send(
+        _ buffer: UnsafeRawBufferPointer, descriptors: [FileDescriptor], to address: UnixAddress, timeout: Duration? = nil
+    ) throws(SocketError) -> Int {
+        let numbers = try handle.validate(descriptors, with: buffer, needsData: false)
+        return try handle.blocking(.write, "sendmsg", deadline: handle.deadline(timeout, .write), naming: address.description) {
+            (fd, flags) in handle.sendWithDescriptorsAttempt(fd, buffer, numbers, to: address, flags: flags)
+        }
     }
-
-    /// Sends one message with `descriptors` attached, to the connected address.
-    @discardableResult
-    public func send(_ buffer: UnsafeRawBufferPointer, descriptors: [CInt]) throws(SocketError) -> Int {
-        try handle.send(buffer, descriptors: descriptors, to: nil, needsData: false)
-    }
-
-    /// Receives one message, its sender and its descriptors (and any kept by plain receives).
-    public func receiveWithDescriptors(
-        into buffer: UnsafeMutableRawBufferPointer
-    ) throws(SocketError) -> (message: ReceivedMessage, descriptors: [ReceivedDescriptor]) {
-        try handle.receiveWithDescriptors(into: buffer, wantSender: true)
-    }
-
-    /// Whether plain reads keep descriptors that arrive with the data, for the
-    /// next `receiveWithDescriptors` (on by default, so none is lost unseen).
-    /// Turning it off makes plain reads a cheaper `recv`; the kernel then
-    /// closes descriptors a peer sends with data those reads consume.
-    public var keepsIncomingDescriptors: Bool {
-        get { handle.keepsDescriptors.load(ordering: .relaxed) }
-        set { handle.keepsDescriptors.store(newValue, ordering: .relaxed) }
-    }
-
-    /// The descriptor, for use with other APIs; it stays owned by this socket.
-    public var descriptor: CInt { handle.descriptor }
 }
 
 extension ReceivedMessage {
     init(count: Int, isTruncated: Bool) {
         self.init(count: count, isTruncated: isTruncated, fullLength: nil, sender: nil, credentials: nil)
+    }
+}
+
+extension SocketHandle {
+    /// A datagram socket, bound to `endpoint` if one is given (a Unix
+    /// address: datagrams have no TCP form here); returns whether a stale
+    /// socket file was replaced.
+    static func openDatagram(
+        bindingTo endpoint: Endpoint?, options: BindOptions, nonBlocking: Bool
+    ) throws(SocketError) -> (SocketHandle, Bool) {
+        guard let endpoint else {
+            return (try open(.datagram, operation: "socket", label: nil, nonBlocking: nonBlocking), false)
+        }
+        guard let address = endpoint.unixAddress else {
+            throw SocketError("bind", address: endpoint.description, code: .unsupported("TCP for datagram sockets is"))
+        }
+        let handle = try open(.datagram, operation: "bind", label: address.description, nonBlocking: nonBlocking)
+        do throws(SocketError) {
+            return (handle, try handle.bind(to: address, options: options))
+        } catch {
+            try? handle.close()
+            throw error
+        }
     }
 }

@@ -1,68 +1,88 @@
-/// A listening `SOCK_STREAM` socket: it binds an address safely and accepts
-/// connections.
+import SystemPackage
+
+/// A listening stream socket on a Unix address or a TCP port: it binds
+/// safely (see ``Listener``) and accepts ``StreamSocket``s.
 ///
-///     let listener = try StreamListener.bind(to: UnixAddress("./uds_socket"))
+///     let listener = try StreamListener.bind(to: UnixAddress("./uds_socket"))   // or Endpoint("tcp:0")
 ///     let (connection, peer) = try listener.accept()
 ///
-/// Binding replaces a stale socket file (one nobody listens on) and says so in
-/// ``replacedStaleSocket``; it fails with `.addressInUse` when a server is live
-/// there, and with `.notASocket` when the path is any other kind of file. Both
-/// are left untouched. Closing removes the socket file, if the path still
-/// names the socket this listener created.
-public final class StreamListener: Sendable {
-    let handle: SocketHandle
-    /// The address this listener was bound to, as given.
-    public let address: UnixAddress
-    /// Whether binding removed a stale socket file first.
-    public let replacedStaleSocket: Bool
-    /// Which peers ``accept()`` lets through.
-    public let accessPolicy: AccessPolicy
-
-    init(handle: SocketHandle, address: UnixAddress, replacedStaleSocket: Bool, accessPolicy: AccessPolicy) {
-        self.handle = handle
-        self.address = address
-        self.replacedStaleSocket = replacedStaleSocket
-        self.accessPolicy = accessPolicy
+/// ``AsyncStreamListener`` has the same members, async.
+public final class StreamListener: Listener, @unchecked Sendable {
+    override init(handle: SocketHandle, bound: ListeningBinding) {
+        super.init(handle: handle, bound: bound)
     }
 
-    /// Binds to `address` and listens.
+    /// Binds to `endpoint` and listens.
     ///
-    /// The corresponding C functions are `socket`, `bind` and `listen`.
+    /// The corresponding C functions are `getaddrinfo` (TCP), `socket`, `bind` and `listen`.
     /// - Parameters:
-    ///   - address: A path or an abstract name.
-    ///   - options: Mode, owner and group of the socket file, stale-file policy, backlog.
-    ///   - accessPolicy: Which peers ``accept()`` lets through; others are closed at once.
-    /// - Throws: ``SocketError`` naming `bind` or `listen` and the address.
+    ///   - endpoint: A Unix path or abstract name, or a TCP host and port.
+    ///   - options: For a Unix socket file: mode, owner, group, stale-file
+    ///     policy. The backlog applies to both kinds.
+    ///   - accessPolicy: Which peers ``accept(timeout:)`` lets through, by
+    ///     their credentials; others are closed at once. Unix sockets only.
+    /// - Throws: ``SocketError`` naming `bind` or `listen` and the endpoint;
+    ///   `.invalidArgument` for an access policy on a TCP endpoint.
     public static func bind(
-        to address: UnixAddress, options: BindOptions = BindOptions(),
+        to endpoint: some EndpointConvertible, options: BindOptions = BindOptions(),
         admitting accessPolicy: AccessPolicy = .everyone
     ) throws(SocketError) -> StreamListener {
-        let handle = try SocketHandle.open(.stream, operation: "bind", label: address.description)
-        let replaced = try handle.bindAndListen(to: address, options: options)
-        return StreamListener(handle: handle, address: address, replacedStaleSocket: replaced, accessPolicy: accessPolicy)
+        let (handle, bound) = try SocketHandle.listen(
+            on: endpoint.makeEndpoint(), kind: .stream, options: options, admitting: accessPolicy, nonBlocking: false)
+        return StreamListener(handle: handle, bound: bound)
     }
 
-    /// Waits for the next connection.
+    /// Takes over a listening stream socket, Unix or TCP, checked with the kernel first.
+    public init(adopting descriptor: FileDescriptor, admitting accessPolicy: AccessPolicy = .everyone) throws(SocketError) {
+        let handle = try SocketHandle.adopt(descriptor.rawValue, as: .init(kind: .stream, listening: true))
+        super.init(handle: handle, bound: try handle.adoptedBinding(admitting: accessPolicy))
+    }
+
+    /// Waits for the next connection the access policy admits. Running out
+    /// of descriptors or memory does not end it: the listener sheds or pauses
+    /// and goes on (see ``BindOptions/onAcceptRecovery``).
     ///
     /// The corresponding C function is `accept4` (Linux) or `accept`.
-    /// - Returns: The connection, close-on-exec, and the peer's address
-    ///   (``UnixAddress/unnamed`` unless the client bound one).
-    public func accept() throws(SocketError) -> (connection: StreamSocket, peer: UnixAddress) {
-        let (connection, peer) = try handle.accept(admitting: accessPolicy)
+    /// - Returns: The connection, close-on-exec (TCP: with `TCP_NODELAY` on),
+    ///   and the peer's endpoint: its TCP address and port, or its Unix
+    ///   address (unnamed unless the client bound one).
+    /// - Throws: `.closed` once the listener is closed, `.timedOut`.
+    public func accept(timeout: Duration? = nil) throws(SocketError) -> (connection: StreamSocket, peer: Endpoint) {
+        let (connection, peer) = try handle.accept(admitting: accessPolicy, deadline: .after(timeout))
         return (StreamSocket(handle: connection), peer)
     }
 
-    /// The address as the kernel reports it.
-    public func localAddress() throws(SocketError) -> UnixAddress { try handle.localAddress() }
+    /// The connections, as they arrive; the sequence ends when the listener
+    /// closes. Each element is a `Result`, as with Rust's `incoming()`: a
+    /// failed accept does not end the loop unless the caller decides so.
+    public var connections: IncomingConnections<StreamSocket, Endpoint> {
+        IncomingConnections { () throws(SocketError) in try self.accept() }
+    }
+}
 
-    /// Keeps the socket file when this listener closes: for handing the path
-    /// over to another process.
-    public func keepSocketFileOnClose() { handle.releaseBoundFile() }
+/// Connections as a blocking listener accepts them: a `Sequence` that ends
+/// when the listener is closed.
+public struct IncomingConnections<Connection: PeerSocket, Peer: Sendable>: Sequence, Sendable {
+    /// An accepted connection and its peer, or why the accept failed.
+    public typealias Element = Result<(connection: Connection, peer: Peer), SocketError>
+    let accept: @Sendable () throws(SocketError) -> (connection: Connection, peer: Peer)
 
-    /// Stops listening and removes the socket file. Calls blocked in
-    /// ``accept()`` on other threads fail with `.closed` (Linux). Later calls do nothing.
-    public func close() throws(SocketError) { try handle.close() }
+    /// Accepts one connection per call.
+    public struct Iterator: IteratorProtocol {
+        let accept: @Sendable () throws(SocketError) -> (connection: Connection, peer: Peer)
 
-    /// The descriptor, for use with other APIs; it stays owned by this listener.
-    public var descriptor: CInt { handle.descriptor }
+        /// The next connection (or failure); `nil` once the listener is closed.
+        public mutating func next() -> Element? {
+            do throws(SocketError) {
+                return .success(try accept())
+            } catch where error.code == .closed {
+                return nil
+            } catch {
+                return .failure(error)
+            }
+        }
+    }
+
+    /// An iterator that accepts from the listener.
+    public func makeIterator() -> Iterator { Iterator(accept: accept) }
 }

@@ -1,37 +1,64 @@
-/// A connected `SOCK_STREAM` socket: an ordered, reliable byte stream.
+import SystemPackage
+
+/// A connected byte stream over a Unix stream socket or TCP: an ordered,
+/// reliable byte stream, whichever the ``Endpoint`` names.
+///
+///     let socket = try StreamSocket.connect(to: Endpoint("tcp:127.0.0.1:8080"))  // or "./uds_socket"
+///     try socket.writeAll(Array("ping\n".utf8))
+///     try socket.shutdown(.write)          // the peer reads end-of-stream
+///     let reply = try socket.read(upTo: 4096)
 ///
 /// Reads return what has arrived (at most the buffer's size), and zero at the
-/// end of the stream. ``writeAll(_:)-(UnsafeRawBufferPointer)`` sends every byte. Writing to a peer that
-/// has closed fails with `EPIPE`; it never raises `SIGPIPE`.
+/// end of the stream. ``writeAll(_:timeout:)-(UnsafeRawBufferPointer,_)`` sends every byte. Writing to a
+/// peer that has closed fails with `EPIPE`; it never raises `SIGPIPE`. Every
+/// operation that waits takes a `timeout`, after which it fails with
+/// `.timedOut`; ``AsyncStreamSocket`` has the same members, async.
 ///
-/// All methods may be called from any thread. ``close()`` wakes calls that
-/// other threads have blocked in this socket, and the descriptor is closed
-/// when the last of them returns.
-public final class StreamSocket: Sendable {
-    let handle: SocketHandle
-
-    init(handle: SocketHandle) {
-        self.handle = handle
+/// TCP connections have `TCP_NODELAY` on (see ``ByteStreamSocket/setNoDelay(_:)``).
+/// What only a Unix socket has (credentials, descriptor passing) fails on TCP
+/// with `.unsupported`.
+public final class StreamSocket: Socket, ByteStreamSocket, @unchecked Sendable {
+    override init(handle: SocketHandle) {
+        super.init(handle: handle)
     }
 
-    /// Connects to a listening socket.
+    /// Connects to a listening socket: a Unix path or abstract name, or TCP
+    /// (trying each of the host's addresses in turn).
     ///
-    /// The corresponding C functions are `socket` and `connect`.
+    /// The corresponding C functions are `getaddrinfo` (TCP), `socket` and `connect`.
     /// - Parameters:
-    ///   - address: The server's path or abstract name.
-    ///   - localAddress: An address to bind first, so the server can tell this
-    ///     client apart (a path containing the pid, say); the file is removed on close.
+    ///   - endpoint: Where to connect.
+    ///   - localAddress: A Unix address to bind first, so the server can tell
+    ///     this client apart (a path containing the pid, say); the file is
+    ///     removed on close.
     ///   - bindOptions: How to bind `localAddress`.
-    /// - Throws: ``SocketError`` naming `bind` or `connect` and the address.
+    ///   - timeout: How long to wait for the connection; `nil` waits as long as the kernel does.
+    /// - Throws: ``SocketError`` naming `bind` or `connect` and the endpoint, e.g.
+    ///   `connect(tcp:127.0.0.1:9): connection refused (nothing is listening there)`.
     public static func connect(
-        to address: UnixAddress, from localAddress: UnixAddress? = nil, bindOptions: BindOptions = BindOptions()
+        to endpoint: some EndpointConvertible, from localAddress: UnixAddress? = nil,
+        bindOptions: BindOptions = BindOptions(), timeout: Duration? = nil
     ) throws(SocketError) -> StreamSocket {
-        let handle = try SocketHandle.open(.stream, operation: "connect", label: address.description)
-        if let localAddress {
-            _ = try handle.bind(to: localAddress, options: bindOptions)
+        switch try SocketHandle.forConnecting(
+            to: endpoint.makeEndpoint(), kind: .stream, from: localAddress, bindOptions: bindOptions, nonBlocking: false)
+        {
+        case .unix(let handle, let address):
+            do throws(SocketError) {
+                try handle.connect(to: address, timeout: timeout)
+            } catch {
+                try? handle.close()
+                throw error
+            }
+            return StreamSocket(handle: handle)
+        case .tcp(let addresses, let label):
+            return try SocketHandle.connectTCP(addresses, label: label, nonBlocking: false) {
+                (handle, address) throws(SocketError) in
+                _ = try handle.connect(timeout: timeout, interruption: .awaitCompletion) { fd in
+                    address.withSockaddr { Sys.connect(fd, $0, $1) }
+                }
+                return StreamSocket(handle: handle)
+            }
         }
-        try handle.connect(to: address)
-        return StreamSocket(handle: handle)
     }
 
     /// Two connected sockets, unnamed, for talking to a thread or a child process.
@@ -42,128 +69,162 @@ public final class StreamSocket: Sendable {
         return (StreamSocket(handle: first), StreamSocket(handle: second))
     }
 
-    /// Reads what has arrived, up to `buffer.count` bytes.
+    /// Takes over a connected stream socket, Unix or TCP (inetd-style
+    /// activation hands one over), checked with the kernel first.
+    public init(adopting descriptor: FileDescriptor) throws(SocketError) {
+        super.init(handle: try SocketHandle.adopt(descriptor.rawValue, as: .init(kind: .stream, listening: false)))
+    }
+
+    // MARK: Reading
+
+    /// Reads what has arrived, up to `buffer.count` bytes, waiting for something if nothing has.
     ///
     /// The corresponding C function is `recv`.
     /// - Returns: The number of bytes read; 0 at the end of the stream.
     @inline(__always)
-    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> Int {
-        try handle.read(into: buffer)
+    public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) throws(SocketError) -> Int {
+        try handle.blocking(.read, "read", deadline: handle.deadline(timeout, .read)) { (fd, flags) throws(SocketError) in
+            try handle.readAttempt(fd, buffer, flags: flags)
+        }
     }
 
     /// Reads what has arrived, up to `maximumCount` bytes; empty at the end of the stream.
-    public func read(upTo maximumCount: Int) throws(SocketError) -> [UInt8] {
-        try handle.read(upTo: maximumCount)
+    public func read(upTo maximumCount: Int, timeout: Duration? = nil) throws(SocketError) -> [UInt8] {
+        try [UInt8](unsafeUninitializedCapacity: maximumCount) { (buffer, initialized) throws(SocketError) in
+            initialized = try read(into: UnsafeMutableRawBufferPointer(buffer), timeout: timeout)
+        }
     }
 
-    /// Reads exactly `buffer.count` bytes.
+    /// Reads exactly `buffer.count` bytes; `timeout` bounds the whole read.
     /// - Throws: `.unexpectedEndOfStream` if the peer closes first.
-    public func readExactly(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) {
-        try handle.readExactly(into: buffer)
+    public func readExactly(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) throws(SocketError) {
+        let deadline = handle.deadline(timeout, .read)
+        var filled = 0
+        while filled < buffer.count {
+            let rest = UnsafeMutableRawBufferPointer(rebasing: buffer[filled...])
+            let count = try handle.blocking(.read, "read", deadline: deadline) { (fd, flags) throws(SocketError) in
+                try handle.readAttempt(fd, rest, flags: flags)
+            }
+            if count == 0 {
+                throw handle.error("read", code: .unexpectedEndOfStream(received: filled, expected: buffer.count))
+            }
+            filled += count
+        }
     }
 
     /// Reads exactly `count` bytes.
     /// - Throws: `.unexpectedEndOfStream` if the peer closes first.
-    public func readExactly(_ count: Int) throws(SocketError) -> [UInt8] {
-        try handle.readExactly(count)
+    public func readExactly(_ count: Int, timeout: Duration? = nil) throws(SocketError) -> [UInt8] {
+        try [UInt8](unsafeUninitializedCapacity: count) { (buffer, initialized) throws(SocketError) in
+            try readExactly(into: UnsafeMutableRawBufferPointer(buffer), timeout: timeout)
+            initialized = count
+        }
     }
 
-    /// Writes some of `buffer` and returns how much; see ``writeAll(_:)-(UnsafeRawBufferPointer)``.
+    /// Reads without waiting: `nil` if nothing has arrived, 0 at the end of the stream.
+    public func tryRead(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> Int? {
+        try handle.withDescriptor("read") { (fd) throws(SocketError) in
+            switch try handle.readAttempt(fd, buffer, flags: Sys.dontWaitFlag) {
+            case .success(let count): return count
+            case .failure(.wouldBlock): return nil
+            case .failure(let errno): throw handle.error("read", errno)
+            }
+        }
+    }
+
+    /// Waits until a read may succeed (or the stream ended).
+    /// The corresponding C function is `poll`.
+    public func readable(timeout: Duration? = nil) throws(SocketError) {
+        try handle.withDescriptor("read") { (fd) throws(SocketError) in
+            try handle.awaitReady(fd, .read, "read", deadline: handle.deadline(timeout, .read))
+        }
+    }
+
+    // MARK: Writing
+
+    /// Writes some of `buffer` and returns how much, waiting until something
+    /// can be written; see ``writeAll(_:timeout:)-(UnsafeRawBufferPointer,_)``.
     ///
     /// The corresponding C function is `send` with `MSG_NOSIGNAL`.
     @inline(__always)
-    public func write(_ buffer: UnsafeRawBufferPointer) throws(SocketError) -> Int {
-        try handle.write(buffer)
+    public func write(_ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil) throws(SocketError) -> Int {
+        try handle.blocking(.write, "write", deadline: handle.deadline(timeout, .write)) { (fd, flags) in handle.writeAttempt(fd, buffer, flags: flags) }
     }
 
-    /// Writes every byte of `buffer`, continuing after partial writes.
-    public func writeAll(_ buffer: UnsafeRawBufferPointer) throws(SocketError) {
-        try handle.writeAll(buffer)
+    /// Writes every byte of `buffer`, continuing after partial writes;
+    /// `timeout` bounds the whole write. After a timeout, the bytes already
+    /// sent stay sent.
+    public func writeAll(_ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil) throws(SocketError) {
+        let deadline = handle.deadline(timeout, .write)
+        var remaining = buffer
+        while !remaining.isEmpty {
+            let written = try handle.blocking(.write, "write", deadline: deadline) { (fd, flags) in
+                handle.writeAttempt(fd, remaining, flags: flags)
+            }
+            remaining = UnsafeRawBufferPointer(rebasing: remaining[written...])
+        }
     }
 
     /// Writes every byte.
-    public func writeAll(_ bytes: some Sequence<UInt8>) throws(SocketError) {
-        try withContiguousBytes(bytes) { (buffer) throws(SocketError) in try handle.writeAll(buffer) }
+    public func writeAll(_ bytes: some Sequence<UInt8>, timeout: Duration? = nil) throws(SocketError) {
+        try withContiguousBytes(bytes) { (buffer) throws(SocketError) in try writeAll(buffer, timeout: timeout) }
     }
 
-    /// Shuts down one or both directions. After `.write` the peer reads the end
-    /// of the stream, and this side can still read its answer (half-close).
-    ///
-    /// The corresponding C function is `shutdown`.
-    public func shutdown(_ direction: ShutdownDirection) throws(SocketError) {
-        try handle.shutdown(direction)
+    /// Writes without waiting: how much was written, or `nil` if nothing could be.
+    public func tryWrite(_ buffer: UnsafeRawBufferPointer) throws(SocketError) -> Int? {
+        try handle.withDescriptor("write") { (fd) throws(SocketError) in
+            switch handle.writeAttempt(fd, buffer, flags: Sys.dontWaitFlag) {
+            case .success(let count): return count
+            case .failure(.wouldBlock): return nil
+            case .failure(let errno): throw handle.error("write", errno)
+            }
+        }
     }
 
-    /// A read that waits longer than `timeout` fails with `.timedOut`; `nil` waits forever.
-    public func setReadTimeout(_ timeout: Duration?) throws(SocketError) {
-        try handle.setTimeout(receive: true, timeout)
+    /// Waits until a write may succeed. The corresponding C function is `poll`.
+    public func writable(timeout: Duration? = nil) throws(SocketError) {
+        try handle.withDescriptor("write") { (fd) throws(SocketError) in
+            try handle.awaitReady(fd, .write, "write", deadline: handle.deadline(timeout, .write))
+        }
     }
 
-    /// A write that waits longer than `timeout` fails with `.timedOut`; `nil` waits forever.
-    public func setWriteTimeout(_ timeout: Duration?) throws(SocketError) {
-        try handle.setTimeout(receive: false, timeout)
-    }
-
-    /// This side's address (unnamed unless bound). The corresponding C function is `getsockname`.
-    public func localAddress() throws(SocketError) -> UnixAddress { try handle.localAddress() }
-
-    /// The peer's address. The corresponding C function is `getpeername`.
-    public func peerAddress() throws(SocketError) -> UnixAddress { try handle.peerAddress() }
-
-    /// Closes the socket, once; later calls do nothing. Removes the file of an
-    /// address bound with ``connect(to:from:bindOptions:)``.
-    public func close() throws(SocketError) { try handle.close() }
-
-    // MARK: Credentials and descriptor passing
-
-    /// The peer's process, user and group IDs, as the kernel recorded them at
-    /// connect time. The corresponding C call is `getsockopt(SO_PEERCRED)` on
-    /// Linux, `getpeereid` and `LOCAL_PEERPID` on macOS.
-    public func peerCredentials() throws(SocketError) -> PeerCredentials {
-        try handle.peerCredentials()
-    }
-
-    /// The peer process by pidfd (Linux 6.5+ `SO_PEERPIDFD`): it cannot be
-    /// confused with a later process that reused the pid. `.unsupported` elsewhere.
-    public func peerProcess() throws(SocketError) -> PeerProcess { try handle.peerProcess() }
+    // MARK: Descriptor passing
 
     /// Writes every byte of `buffer`, with `descriptors` riding on the first
     /// bytes (`SCM_RIGHTS`). The descriptors stay open here; the peer gets
     /// its own copies.
     /// - Throws: `.invalidArgument` for an empty buffer (a stream needs a byte
-    ///   to carry them), `.tooManyDescriptors` past 253.
-    public func writeAll(_ buffer: UnsafeRawBufferPointer, descriptors: [CInt]) throws(SocketError) {
-        let first = try handle.send(buffer, descriptors: descriptors, to: nil, needsData: true)
-        try handle.writeAll(UnsafeRawBufferPointer(rebasing: buffer[first...]))
+    ///   to carry them), `.tooManyDescriptors` past 253, `.unsupported` on TCP.
+    public func writeAll(
+        _ buffer: UnsafeRawBufferPointer, descriptors: [FileDescriptor], timeout: Duration? = nil
+    ) throws(SocketError) {
+        let deadline = handle.deadline(timeout, .write)
+        let numbers = try handle.validate(descriptors, with: buffer, needsData: true)
+        let first = try handle.blocking(.write, "sendmsg", deadline: deadline) { (fd, flags) in
+            handle.sendWithDescriptorsAttempt(fd, buffer, numbers, to: nil, flags: flags)
+        }
+        try writeAll(UnsafeRawBufferPointer(rebasing: buffer[first...]), timeout: deadline.map { ContinuousClock.now.duration(to: $0) })
     }
 
     /// Writes every byte, with `descriptors` riding on the first.
-    public func writeAll(_ bytes: some Sequence<UInt8>, descriptors: [CInt]) throws(SocketError) {
-        try withContiguousBytes(bytes) { (buffer) throws(SocketError) in try writeAll(buffer, descriptors: descriptors) }
+    public func writeAll(
+        _ bytes: some Sequence<UInt8>, descriptors: [FileDescriptor], timeout: Duration? = nil
+    ) throws(SocketError) {
+        try withContiguousBytes(bytes) { (buffer) throws(SocketError) in
+            try writeAll(buffer, descriptors: descriptors, timeout: timeout)
+        }
     }
 
     /// Reads what has arrived, with the descriptors that came with it and any
     /// that earlier plain reads kept. A read stops where descriptors are
-    /// attached, so they come with the bytes they were sent with.
-    /// - Throws: `.descriptorsTruncated` if the sender attached more than 253.
+    /// attached, so they come with the bytes they were sent with. With
+    /// ``PeerSocket/setReceivesCredentials(_:)`` on, the message carries the
+    /// sender's credentials too.
+    /// - Throws: `.descriptorsTruncated` if the sender attached more than 253;
+    ///   `.unsupported` on TCP.
     public func receiveWithDescriptors(
-        into buffer: UnsafeMutableRawBufferPointer
-    ) throws(SocketError) -> (count: Int, descriptors: [ReceivedDescriptor]) {
-        let (message, descriptors) = try handle.receiveWithDescriptors(into: buffer, wantSender: false)
-        return (message.count, descriptors)
+        into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil
+    ) throws(SocketError) -> (message: ReceivedMessage, descriptors: [ReceivedDescriptor]) {
+        try handle.receiveWithDescriptors(into: buffer, wantSender: false, deadline: handle.deadline(timeout, .read))
     }
-
-    /// Whether plain reads keep descriptors that arrive with the data, for the
-    /// next `receiveWithDescriptors`. Off by default: a plain read is a `recv`,
-    /// and the kernel closes descriptors riding on the data it consumes, so a
-    /// peer cannot fill this process's descriptor table unasked (as in Rust,
-    /// Go, Python and SwiftNIO). On, at most 253 are kept (more are closed and
-    /// reported once), and ``close()`` closes those never taken.
-    public var keepsIncomingDescriptors: Bool {
-        get { handle.keepsDescriptors.load(ordering: .relaxed) }
-        set { handle.keepsDescriptors.store(newValue, ordering: .relaxed) }
-    }
-
-    /// The descriptor, for use with other APIs; it stays owned by this socket.
-    public var descriptor: CInt { handle.descriptor }
 }

@@ -13,7 +13,9 @@ extension EchoServer {
         let showPeer = self.showPeer
         let format = FrameOptions.format(frame, maxFrame: maxFrame)
         let onGlobal = executor == .global
-        let server = AsyncStreamServer(listener: listener, logger: logger) { connection, peer, context in
+        let server = AsyncStreamServer(listener: listener, logger: logger) { connection, endpoint, context in
+            // Stream peers are endpoints; this server is a Unix one.
+            let peer = endpoint.unixAddress ?? .unnamed
             await onChosenExecutor(global: onGlobal) {
                 transcript.opened(context.id)
                 if let format {

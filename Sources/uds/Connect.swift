@@ -74,7 +74,7 @@ struct Connect: ParsableCommand, HandlesShutdownSignals {
         do {
             switch type {
             case .stream:
-                let connection = try Connection.connect(to: endpoint, timeout: timeout?.duration)
+                let connection = try StreamSocket.connect(to: endpoint, timeout: timeout?.duration)
                 if let format = FrameOptions.format(frame, maxFrame: maxFrame) {
                     try converse(FramedSession(connection: connection, format: format), lines: true)
                 } else {
@@ -252,7 +252,7 @@ struct Listen: ParsableCommand, HandlesShutdownSignals {
             let shown: String
             switch type {
             case .stream, .dgram:
-                let listener = try EndpointListener.bind(to: endpoint, options: options)
+                let listener = try StreamListener.bind(to: endpoint, options: options)
                 if listener.replacedStaleSocket { announceStaleReplaced(endpoint) }
                 shown = (try? listener.localEndpoint().description) ?? endpoint.description
                 accept = {

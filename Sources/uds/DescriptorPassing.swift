@@ -42,7 +42,7 @@ struct SendDescriptors: ParsableCommand {
         do {
             let socket = try StreamSocket.connect(to: server)
             defer { try? socket.close() }
-            try socket.writeAll(Array(files.joined(separator: "\n").utf8), descriptors: opened.map(\.rawValue))
+            try socket.writeAll(Array(files.joined(separator: "\n").utf8), descriptors: opened)
             Console.standardError.line("uds: sent \(opened.count) descriptor(s) to \(server)")
         } catch {
             report(error)
@@ -84,7 +84,8 @@ struct ReceiveDescriptors: ParsableCommand, HandlesShutdownSignals {
             defer { buffer.deallocate() }
             // The names may span several reads; the descriptors ride on the first.
             while true {
-                let (count, arrived) = try connection.receiveWithDescriptors(into: buffer)
+                let (message, arrived) = try connection.receiveWithDescriptors(into: buffer)
+                let count = message.count
                 descriptors += arrived
                 if count == 0 { break }
                 names += buffer[..<count]

@@ -99,12 +99,11 @@ struct EchoClient: ParsableCommand, HandlesShutdownSignals {
             say("closing socket")
             try? socket.close()
         }
-        try socket.setReadTimeout(replyTimeout)
         say("sending \(pythonBytesLiteral(message))")
         try socket.writeAll(message)
         var received = 0
         while received < message.count {
-            let data = try socket.read(upTo: chunk)
+            let data = try socket.read(upTo: chunk, timeout: replyTimeout)
             if data.isEmpty {
                 throw SocketError("read", address: server.description,
                     code: .unexpectedEndOfStream(received: received, expected: message.count))
@@ -122,10 +121,9 @@ struct EchoClient: ParsableCommand, HandlesShutdownSignals {
             say("closing socket")
             try? socket.close()
         }
-        try socket.setReadTimeout(replyTimeout)
         say("sending \(pythonBytesLiteral(message))")
         try socket.send(message)
-        let (reply, receipt) = try socket.receive(maximumSize: max(chunk, message.count))
+        let (reply, receipt) = try socket.receive(maximumSize: max(chunk, message.count), timeout: replyTimeout)
         if reply.isEmpty && !receipt.isTruncated {
             throw SocketError("recvmsg", address: server.description,
                 code: .unexpectedEndOfStream(received: 0, expected: message.count))
@@ -145,10 +143,9 @@ struct EchoClient: ParsableCommand, HandlesShutdownSignals {
         }
         say("bound to \(local)")
         try socket.connect(to: server)
-        try socket.setReadTimeout(replyTimeout)
         say("sending \(pythonBytesLiteral(message))")
         try socket.send(message)
-        let (reply, receipt) = try socket.receive(maximumSize: max(chunk, message.count))
+        let (reply, receipt) = try socket.receive(maximumSize: max(chunk, message.count), timeout: replyTimeout)
         try sayReply(reply, receipt, from: server)
     }
 }

@@ -179,7 +179,7 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
                     replacedStale: listener.replacedStaleSocket,
                     accept: { () throws(SocketError) in
                         let (connection, peer) = try listener.accept()
-                        return (StreamEchoConnection(socket: connection), peer)
+                        return (StreamEchoConnection(socket: connection), peer.unixAddress ?? .unnamed)
                     },
                     close: { try? listener.close() }, transcript: transcript, logger: logger)
             case .seqpacket where io == .async:

@@ -25,8 +25,8 @@ struct ExecStream: ByteStream {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, theirs.descriptor, 0)
-        posix_spawn_file_actions_adddup2(&actions, theirs.descriptor, 1)
+        posix_spawn_file_actions_adddup2(&actions, theirs.descriptor.rawValue, 0)
+        posix_spawn_file_actions_adddup2(&actions, theirs.descriptor.rawValue, 1)
         // The relay ignores SIGPIPE when it splices; the command must not inherit that.
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)

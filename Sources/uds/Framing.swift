@@ -49,7 +49,7 @@ func escapedFrame(_ frame: [UInt8]) -> String {
 /// A stream connection that carries frames: each delivered line is one
 /// frame, and each frame received is printed as an escaped line.
 struct FramedSession: Session {
-    let connection: Connection
+    let connection: StreamSocket
     let format: FrameFormat
 
     func deliver(_ bytes: [UInt8]) throws { try connection.writeFrame(bytes, format: format) }

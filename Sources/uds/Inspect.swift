@@ -323,7 +323,7 @@ struct Probe: ParsableCommand {
         switch endpoint.kind {
         case .tcp:
             do {
-                let connection = try Connection.connect(to: endpoint, timeout: timeout?.duration ?? .seconds(5))
+                let connection = try StreamSocket.connect(to: endpoint, timeout: timeout?.duration ?? .seconds(5))
                 try? connection.close()
                 (answer.state, answer.type, exit) = ("listening", "tcp", .listening)
                 detail = "listening (tcp)"

@@ -57,10 +57,9 @@ struct Send: ParsableCommand, HandlesShutdownSignals {
             case .dgram, .stream:
                 let socket = try local.map { address throws(SocketError) in try DatagramSocket.bind(to: address) }
                     ?? DatagramSocket.unbound()
-                try socket.setWriteTimeout(timeout?.duration)
                 deliver = { message in
                     do {
-                        try socket.send(message, to: server)
+                        try socket.send(message, to: server, timeout: timeout?.duration)
                     } catch {
                         // The kernel's word ("protocol wrong type"), retold where
                         // the address says more.
@@ -70,8 +69,7 @@ struct Send: ParsableCommand, HandlesShutdownSignals {
                 finish = { try? socket.close() }
             case .seqpacket:
                 let socket = try connectSeqpacket(to: server, from: local)
-                try socket.setWriteTimeout(timeout?.duration)
-                deliver = { try socket.send($0) }
+                deliver = { try socket.send($0, timeout: timeout?.duration) }
                 finish = {
                     try? socket.shutdown(.write)
                     try? socket.close()

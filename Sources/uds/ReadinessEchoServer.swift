@@ -26,14 +26,15 @@ extension EchoServer {
         transcript.say("waiting for a connection")
         listener.setReadinessHandler { _ in
             while true {
-                let accepted: (connection: AsyncStreamSocket, peer: UnixAddress)?
+                let accepted: (connection: AsyncStreamSocket, peer: Endpoint)?
                 do throws(SocketError) {
                     accepted = try listener.tryAccept()
                 } catch {
                     if !ShutdownSignals.received.load(ordering: .acquiring) && error.code != .closed { transcript.report(error) }
                     return
                 }
-                guard let (connection, peer) = accepted else { return }
+                guard let (connection, endpoint) = accepted else { return }
+                let peer = endpoint.unixAddress ?? .unnamed
                 let id = nextID.withLock { id in
                     id += 1
                     return id

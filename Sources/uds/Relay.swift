@@ -318,7 +318,8 @@ enum RelayEndpoint: CustomStringConvertible {
             }
         case .connect(let endpoint):
             do {
-                return ConnectionStream(connection: try Connection.connect(to: endpoint, timeout: timeout))
+                return ConnectionStream(
+                    connection: try StreamSocket.connect(to: endpoint, timeout: timeout), name: endpoint.description)
             } catch {
                 guard let address = endpoint.unixAddress else { throw error }
                 throw Diagnosis.connect(error, to: address, as: .stream, suggesting: false)
@@ -344,7 +345,9 @@ protocol ByteStream: Sendable {
 }
 
 struct ConnectionStream: ByteStream {
-    let connection: Connection
+    let connection: StreamSocket
+    /// What errors name: the endpoint connected to, or the listener's.
+    let name: String
 
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int { try connection.read(into: buffer) }
     func writeAll(_ buffer: UnsafeRawBufferPointer) throws { try connection.writeAll(buffer) }
@@ -453,7 +456,7 @@ final class RelaySession: Sendable {
         var total = 0
         if splicing, let from = source as? ConnectionStream, let to = destination as? ConnectionStream {
             do {
-                let spliced = try Splice.copy(from: from.connection, to: to.connection) { count in
+                let spliced = try Splice.copy(from: from.connection, named: from.name, to: to.connection, named: to.name) { count in
                     total += count
                     touch()
                 }

@@ -25,13 +25,14 @@ struct RelayListener: Sendable {
                 },
                 closeListener: { try? listener.close() })
         case .stream, .dgram:
-            let listener = try EndpointListener.bind(to: endpoint, options: options)
+            let listener = try StreamListener.bind(to: endpoint, options: options)
+            let shown = (try? listener.localEndpoint())?.description ?? endpoint.description
             return RelayListener(
-                shown: (try? listener.localEndpoint())?.description ?? endpoint.description,
+                shown: shown,
                 replacedStaleSocket: listener.replacedStaleSocket,
                 acceptNext: { () throws(SocketError) in
                     let (connection, peer) = try listener.accept()
-                    return (ConnectionStream(connection: connection), peer.description)
+                    return (ConnectionStream(connection: connection, name: shown), peer.description)
                 },
                 closeListener: { try? listener.close() })
         }

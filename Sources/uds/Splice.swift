@@ -42,7 +42,10 @@ enum Splice {
     /// stream; returns the byte count, or nil if splice cannot be used for
     /// these sockets before any byte moved (the caller then copies).
     /// `moved` is called after each chunk with its size.
-    static func copy(from source: Connection, to destination: Connection, moved: (Int) -> Void) throws(SocketError) -> Int? {
+    static func copy(
+        from source: StreamSocket, named sourceName: String, to destination: StreamSocket, named destinationName: String,
+        moved: (Int) -> Void
+    ) throws(SocketError) -> Int? {
         #if os(Linux)
         guard let (splice, pipe2) = functions else { return nil }
         var pipeEnds: [CInt] = [0, 0]
@@ -53,8 +56,9 @@ enum Splice {
         }
         let (pipeRead, pipeWrite) = (pipeEnds[0], pipeEnds[1])
         let flags = moveFlag
-        return try source.withDescriptor("splice") { (input) throws(SocketError) -> Int? in
-            try destination.withDescriptor("splice") { (output) throws(SocketError) -> Int? in
+        return try source.withDescriptor("splice") { (inputDescriptor) throws(SocketError) -> Int? in
+            try destination.withDescriptor("splice") { (outputDescriptor) throws(SocketError) -> Int? in
+                let (input, output) = (inputDescriptor.rawValue, outputDescriptor.rawValue)
                 var total = 0
                 while true {
                     let filled = splice(input, nil, pipeWrite, nil, 1 << 16, flags)
@@ -64,7 +68,7 @@ enum Splice {
                         if code == .interrupted { continue }
                         // Not a socket splice can read (a message socket, say).
                         if total == 0 && code == .invalidArgument { return nil }
-                        throw SocketError("read", address: source.endpoint.description, code: .system(code))
+                        throw SocketError("read", address: sourceName, code: .system(code))
                     }
                     var left = filled
                     while left > 0 {
@@ -72,7 +76,7 @@ enum Splice {
                         if drained < 0 {
                             let code = Errno(rawValue: errno)
                             if code == .interrupted { continue }
-                            throw SocketError("write", address: destination.endpoint.description, code: .system(code))
+                            throw SocketError("write", address: destinationName, code: .system(code))
                         }
                         left -= drained
                     }

@@ -113,7 +113,7 @@ protocol Session: Sendable {
 }
 
 struct StreamSession: Session {
-    let connection: Connection
+    let connection: StreamSocket
     var tap: DumpTap? = nil
 
     func deliver(_ bytes: [UInt8]) throws {

@@ -40,11 +40,11 @@ struct AdoptionTests {
             try? first.close()
             try? second.close()
         }
-        let asListener = socketError { _ = try StreamListener(adopting: FileDescriptor(rawValue: dup(first.descriptor))) }
+        let asListener = socketError { _ = try StreamListener(adopting: FileDescriptor(rawValue: dup(first.descriptor.rawValue))) }
         #expect(asListener?.operation == "adopt")
         #expect(asListener?.description.contains("a connected stream socket, not a listening stream socket") == true,
                 "\(String(describing: asListener))")
-        let asDatagram = socketError { _ = try DatagramSocket(adopting: FileDescriptor(rawValue: dup(first.descriptor))) }
+        let asDatagram = socketError { _ = try DatagramSocket(adopting: FileDescriptor(rawValue: dup(first.descriptor.rawValue))) }
         #expect(asDatagram?.description.contains("not a datagram socket") == true, "\(String(describing: asDatagram))")
 
         var pipeEnds: [CInt] = [-1, -1]
@@ -61,7 +61,7 @@ struct AdoptionTests {
         defer { close(fds[1]) }
         #expect(!isCloseOnExec(fds[0]))
         let adopted = try StreamSocket(adopting: FileDescriptor(rawValue: fds[0]))
-        #expect(isCloseOnExec(adopted.descriptor))
+        #expect(isCloseOnExec(adopted.descriptor.rawValue))
         #expect(write(fds[1], "x", 1) == 1)
         #expect(try adopted.read(upTo: 1) == Array("x".utf8))
     }

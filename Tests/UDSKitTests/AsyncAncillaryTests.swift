@@ -35,11 +35,12 @@ struct AsyncAncillaryTests {
         let message = UnsafeMutableRawBufferPointer.allocate(byteCount: 1, alignment: 1)
         defer { message.deallocate() }
         message[0] = UInt8(ascii: "x")
-        try await first.writeAll(UnsafeRawBufferPointer(message), descriptors: [pipe.write], timeout: .seconds(20))
+        try await first.writeAll(UnsafeRawBufferPointer(message), descriptors: [FileDescriptor(rawValue: pipe.write)], timeout: .seconds(20))
         close(pipe.write)  // the peer holds its own copy now
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 1)
         defer { buffer.deallocate() }
-        let (count, descriptors) = try await second.receiveWithDescriptors(into: buffer, timeout: .seconds(20))
+        let (received, descriptors) = try await second.receiveWithDescriptors(into: buffer, timeout: .seconds(20))
+        let count = received.count
         #expect(count == 1)
         #expect(descriptors.count == 1)
         if let received = descriptors.first { try expectUsable(received, readEnd: pipe.read) }
@@ -57,14 +58,15 @@ struct AsyncAncillaryTests {
         let one = UnsafeMutableRawBufferPointer.allocate(byteCount: 1, alignment: 1)
         defer { one.deallocate() }
         one[0] = 42
-        try await first.writeAll(UnsafeRawBufferPointer(one), descriptors: [pipe.write])
+        try await first.writeAll(UnsafeRawBufferPointer(one), descriptors: [FileDescriptor(rawValue: pipe.write)])
         close(pipe.write)
         #expect(try await second.read(upTo: 16, timeout: .seconds(20)) == [42])
         // The byte is gone, its descriptor is not: it comes with the next receive.
         try await first.writeAll([7])
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 1)
         defer { buffer.deallocate() }
-        let (count, descriptors) = try await second.receiveWithDescriptors(into: buffer, timeout: .seconds(20))
+        let (received, descriptors) = try await second.receiveWithDescriptors(into: buffer, timeout: .seconds(20))
+        let count = received.count
         #expect(count == 1 && buffer[0] == 7)
         #expect(descriptors.count == 1)
         if let received = descriptors.first { try expectUsable(received, readEnd: pipe.read) }
@@ -80,7 +82,7 @@ struct AsyncAncillaryTests {
         defer { one.deallocate() }
         // Not even valid descriptors: the count alone is refused.
         let error = await #expect(throws: SocketError.self) {
-            try await first.send(UnsafeRawBufferPointer(one), descriptors: Array(repeating: -1, count: 254))
+            try await first.send(UnsafeRawBufferPointer(one), descriptors: Array(repeating: FileDescriptor(rawValue: -1), count: 254))
         }
         #expect(error?.code == .tooManyDescriptors(count: 254, limit: 253))
     }
@@ -102,7 +104,7 @@ struct AsyncAncillaryTests {
             try? seqA.close()
             try? seqB.close()
         }
-        try await seqA.send(UnsafeRawBufferPointer(payload), descriptors: [pipe.write])
+        try await seqA.send(UnsafeRawBufferPointer(payload), descriptors: [FileDescriptor(rawValue: pipe.write)])
         let (message, descriptors) = try await seqB.receiveWithDescriptors(into: buffer, timeout: .seconds(20))
         #expect(message.count == 3 && !message.isTruncated)
         #expect(descriptors.count == 1)
@@ -114,7 +116,7 @@ struct AsyncAncillaryTests {
             try? receiver.close()
             try? sender.close()
         }
-        try await sender.send(UnsafeRawBufferPointer(payload), descriptors: [pipe.write], to: try receiver.localAddress())
+        try await sender.send(UnsafeRawBufferPointer(payload), descriptors: [FileDescriptor(rawValue: pipe.write)], to: try receiver.localAddress())
         let (datagram, passed) = try await receiver.receiveWithDescriptors(into: buffer, timeout: .seconds(20))
         #expect(datagram.count == 3)
         #expect(datagram.sender?.kind == .unnamed)
@@ -146,8 +148,8 @@ struct AsyncAncillaryTests {
         let listener = try AsyncStreamListener.bind(to: try uniqueAbstractAddress("async-policy"), admitting: policy)
         defer { try? listener.close() }
         // Bound clients, so the accepted connection shows which one it is.
-        let refused = try await AsyncStreamSocket.connect(to: listener.address, from: try uniqueAbstractAddress("refused"))
-        let admitted = try await AsyncStreamSocket.connect(to: listener.address, from: try uniqueAbstractAddress("admitted"))
+        let refused = try await AsyncStreamSocket.connect(to: listener.endpoint, from: try uniqueAbstractAddress("refused"))
+        let admitted = try await AsyncStreamSocket.connect(to: listener.endpoint, from: try uniqueAbstractAddress("admitted"))
         defer {
             try? refused.close()
             try? admitted.close()

@@ -221,7 +221,7 @@ struct AsyncSocketTests {
             for try await _ in listener.connections { count += 1 }
             return count
         }
-        let client = try await AsyncStreamSocket.connect(to: listener.address)
+        let client = try await AsyncStreamSocket.connect(to: listener.endpoint)
         defer { try? client.close() }
         try await Task.sleep(for: .milliseconds(100))
         try listener.close()
@@ -329,7 +329,7 @@ struct AsyncSocketTests {
             }
             return echoed
         }
-        let client = try await AsyncSeqpacketSocket.connect(to: listener.address)
+        let client = try await AsyncSeqpacketSocket.connect(to: listener.endpoint)
         let messages = [pattern(3), pattern(70000, seed: 1), pattern(1, seed: 2)]
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 17, alignment: 1)
         defer { buffer.deallocate() }

@@ -169,11 +169,11 @@ protocol MessageDraining: Sendable {
 }
 
 extension DatagramSocket: MessageDraining {
-    func receiveWithoutWaiting() throws -> Bool { try dontWait(descriptor) }
+    func receiveWithoutWaiting() throws -> Bool { try dontWait(descriptor.rawValue) }
 }
 
 extension SeqpacketSocket: MessageDraining {
-    func receiveWithoutWaiting() throws -> Bool { try dontWait(descriptor) }
+    func receiveWithoutWaiting() throws -> Bool { try dontWait(descriptor.rawValue) }
 }
 
 private func dontWait(_ fd: CInt) throws -> Bool {
@@ -186,11 +186,11 @@ private func dontWait(_ fd: CInt) throws -> Bool {
 
 extension AsyncDatagramSocket {
     /// A send that never waits: `false` when the receiver's queue is full.
-    func trySend(_ bytes: [UInt8]) throws -> Bool { try nonBlockingSend(descriptor, bytes) }
+    func trySend(_ bytes: [UInt8]) throws -> Bool { try nonBlockingSend(descriptor.rawValue, bytes) }
 }
 
 extension AsyncSeqpacketSocket {
-    func trySend(_ bytes: [UInt8]) throws -> Bool { try nonBlockingSend(core.handle.descriptor, bytes) }
+    func trySend(_ bytes: [UInt8]) throws -> Bool { try nonBlockingSend(handle.descriptor, bytes) }
 }
 
 private func nonBlockingSend(_ fd: CInt, _ bytes: [UInt8]) throws -> Bool {

@@ -171,8 +171,8 @@ struct DatagramSocketTests {
         #expect(first.receipt.sender == .unnamed)
         #expect(try b.receive().bytes == [2, 2])
         #expect(try a.receive().bytes == [3, 3, 3])
-        #expect(isCloseOnExec(a.descriptor))
-        #expect(isCloseOnExec(b.descriptor))
+        #expect(isCloseOnExec(a.descriptor.rawValue))
+        #expect(isCloseOnExec(b.descriptor.rawValue))
     }
 
     @Test func receiveTimeoutExpires() throws {
@@ -192,9 +192,9 @@ struct DatagramSocketTests {
 
     @Test func boundSocketIsCloseOnExec() throws {
         let socket = try DatagramSocket.bind(to: uniqueAbstractAddress("cloexec"))
-        #expect(isCloseOnExec(socket.descriptor))
+        #expect(isCloseOnExec(socket.descriptor.rawValue))
         let unbound = try DatagramSocket.unbound()
-        #expect(isCloseOnExec(unbound.descriptor))
+        #expect(isCloseOnExec(unbound.descriptor.rawValue))
         withExtendedLifetime(unbound) {}
     }
 }

@@ -1,3 +1,4 @@
+import SystemPackage
 import Foundation
 import Glibc
 import Synchronization
@@ -136,23 +137,23 @@ struct Link {
             let (sender, receiver) = try StreamSocket.makePair()
             return Link(
                 carrier: carrier,
-                sendBytes: { bytes, fds in try sender.writeAll(bytes, descriptors: fds) },
+                sendBytes: { bytes, fds in try sender.writeAll(bytes, descriptors: fds.map(FileDescriptor.init(rawValue:))) },
                 receiveBytes: { capacity in
                     var buffer = [UInt8](repeating: 0, count: capacity)
-                    let (count, fds) = try buffer.withUnsafeMutableBytes { try receiver.receiveWithDescriptors(into: $0) }
-                    return (Array(buffer[..<count]), fds)
+                    let (message, fds) = try buffer.withUnsafeMutableBytes { try receiver.receiveWithDescriptors(into: $0) }
+                    return (Array(buffer[..<message.count]), fds)
                 },
                 plainReceive: { capacity in try receiver.read(upTo: capacity) },
                 setReceiveTimeout: { try receiver.setReadTimeout($0) },
                 setKeepsDescriptors: { receiver.keepsIncomingDescriptors = $0 },
                 keepsDescriptors: { receiver.keepsIncomingDescriptors },
-                senderDescriptor: sender.descriptor, receiverDescriptor: receiver.descriptor,
+                senderDescriptor: sender.descriptor.rawValue, receiverDescriptor: receiver.descriptor.rawValue,
                 closeSender: { try sender.close() }, closeReceiver: { try receiver.close() })
         case .seqpacket:
             let (sender, receiver) = try SeqpacketSocket.makePair()
             return Link(
                 carrier: carrier,
-                sendBytes: { bytes, fds in try sender.send(bytes, descriptors: fds) },
+                sendBytes: { bytes, fds in try sender.send(bytes, descriptors: fds.map(FileDescriptor.init(rawValue:))) },
                 receiveBytes: { capacity in
                     var buffer = [UInt8](repeating: 0, count: capacity)
                     let (message, fds) = try buffer.withUnsafeMutableBytes { try receiver.receiveWithDescriptors(into: $0) }
@@ -162,14 +163,14 @@ struct Link {
                 setReceiveTimeout: { try receiver.setReadTimeout($0) },
                 setKeepsDescriptors: { receiver.keepsIncomingDescriptors = $0 },
                 keepsDescriptors: { receiver.keepsIncomingDescriptors },
-                senderDescriptor: sender.descriptor, receiverDescriptor: receiver.descriptor,
+                senderDescriptor: sender.descriptor.rawValue, receiverDescriptor: receiver.descriptor.rawValue,
                 closeSender: { try sender.close() }, closeReceiver: { try receiver.close() })
         case .datagram:
             let (sender, receiver) = try DatagramSocket.makePair()
             return Link(
                 carrier: carrier,
                 sendBytes: { bytes, fds in
-                    _ = try bytes.withUnsafeBytes { try sender.send($0, descriptors: fds) }
+                    _ = try bytes.withUnsafeBytes { try sender.send($0, descriptors: fds.map(FileDescriptor.init(rawValue:))) }
                 },
                 receiveBytes: { capacity in
                     var buffer = [UInt8](repeating: 0, count: capacity)
@@ -180,7 +181,7 @@ struct Link {
                 setReceiveTimeout: { try receiver.setReadTimeout($0) },
                 setKeepsDescriptors: { receiver.keepsIncomingDescriptors = $0 },
                 keepsDescriptors: { receiver.keepsIncomingDescriptors },
-                senderDescriptor: sender.descriptor, receiverDescriptor: receiver.descriptor,
+                senderDescriptor: sender.descriptor.rawValue, receiverDescriptor: receiver.descriptor.rawValue,
                 closeSender: { try sender.close() }, closeReceiver: { try receiver.close() })
         }
     }
@@ -264,7 +265,7 @@ struct DescriptorPassingTests {
             let listener = try StreamListener.bind(to: address)
             listener.keepSocketFileOnClose()
             let link = try Link.make(.stream)
-            try link.send("listener", descriptors: [listener.descriptor])
+            try link.send("listener", descriptors: [listener.descriptor.rawValue])
             let (_, descriptors) = try link.receive()
             let received = try #require(descriptors.first)
             try listener.close()
@@ -291,7 +292,7 @@ struct DescriptorPassingTests {
         defer { close(pipe.read) }
         let payload = patternBytes(count: 1 << 20, seed: 42)
         let writing = BackgroundThread {
-            try sender.writeAll(payload, descriptors: [pipe.write])
+            try sender.writeAll(payload, descriptors: [FileDescriptor(rawValue: pipe.write)])
             close(pipe.write)
         }
         var received: [UInt8] = []
@@ -299,7 +300,8 @@ struct DescriptorPassingTests {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 1)
         defer { buffer.deallocate() }
         while received.count < payload.count {
-            let (count, arrived) = try receiver.receiveWithDescriptors(into: buffer)
+            let (message, arrived) = try receiver.receiveWithDescriptors(into: buffer)
+            let count = message.count
             if !arrived.isEmpty { #expect(received.isEmpty, "descriptors came after \(received.count) bytes") }
             descriptors += arrived
             if count == 0 { break }
@@ -323,10 +325,10 @@ struct DescriptorPassingTests {
             let pipe = try makePipe()
             defer { close(pipe.read) }
             try Array("with fd".utf8).withUnsafeBytes {
-                _ = try sender.send($0, descriptors: [pipe.write], to: try directory.address("dgram.sock"))
+                _ = try sender.send($0, descriptors: [FileDescriptor(rawValue: pipe.write)], to: try directory.address("dgram.sock"))
             }
             try [UInt8]().withUnsafeBytes {
-                _ = try sender.send($0, descriptors: [pipe.write], to: try directory.address("dgram.sock"))
+                _ = try sender.send($0, descriptors: [FileDescriptor(rawValue: pipe.write)], to: try directory.address("dgram.sock"))
             }
             close(pipe.write)
 
@@ -354,12 +356,12 @@ struct DescriptorPassingTests {
         let pipe = try makePipe()
         defer { closeAll([pipe.read, pipe.write]) }
         let (stream, _) = try StreamSocket.makePair()
-        let streamError = socketError { try stream.writeAll([UInt8](), descriptors: [pipe.write]) }
+        let streamError = socketError { try stream.writeAll([UInt8](), descriptors: [FileDescriptor(rawValue: pipe.write)]) }
         #expect(streamError?.operation == "sendmsg")
         if case .invalidArgument? = streamError?.code {} else { Issue.record("got \(String(describing: streamError))") }
 
         let (seqpacket, _) = try SeqpacketSocket.makePair()
-        let seqpacketError = socketError { try seqpacket.send([UInt8](), descriptors: [pipe.write]) }
+        let seqpacketError = socketError { try seqpacket.send([UInt8](), descriptors: [FileDescriptor(rawValue: pipe.write)]) }
         if case .invalidArgument? = seqpacketError?.code {} else { Issue.record("got \(String(describing: seqpacketError))") }
     }
 
@@ -401,7 +403,7 @@ struct DescriptorPassingTests {
                 arguments: [directory.path("control.sock")], in: directory)
             let (connection, _) = try acceptWithin(control, peer: child)
             try connection.setReadTimeout(.seconds(30))
-            try connection.writeAll(Array("three".utf8), descriptors: [file, pipe.write, handed.descriptor])
+            try connection.writeAll(Array("three".utf8), descriptors: [FileDescriptor(rawValue: file), FileDescriptor(rawValue: pipe.write), handed.descriptor])
             close(pipe.write)
 
             // The file: read there, through the pipe, to here.
@@ -409,7 +411,7 @@ struct DescriptorPassingTests {
             // The child's read moved the file offset we share.
             #expect(fileOffset(file) == contents.utf8.count)
             // The listening socket: the child accepts our connection.
-            let client = try StreamSocket.connect(to: handed.address)
+            let client = try StreamSocket.connect(to: handed.endpoint)
             try client.setReadTimeout(.seconds(30))
             try client.writeAll(Array("hello".utf8))
             try client.shutdown(.write)
@@ -472,7 +474,8 @@ struct DescriptorPassingTests {
             let (connection, _) = try acceptWithin(control, peer: child)
             try connection.setReadTimeout(.seconds(30))
             var buffer = [UInt8](repeating: 0, count: 100)
-            let (count, descriptors) = try buffer.withUnsafeMutableBytes { try connection.receiveWithDescriptors(into: $0) }
+            let (message, descriptors) = try buffer.withUnsafeMutableBytes { try connection.receiveWithDescriptors(into: $0) }
+            let count = message.count
             #expect(String(decoding: buffer[..<count], as: UTF8.self) == "fds from the child")
             try #require(descriptors.count == 3, "\(child.transcript)")
             #expect(descriptors.allSatisfy { isCloseOnExec($0.rawValue) })
@@ -543,7 +546,7 @@ struct DescriptorPassingTests {
         let sender = try DatagramSocket.unbound()
         let error = socketError {
             try [UInt8(1)].withUnsafeBytes {
-                try sender.send($0, descriptors: [CInt](repeating: -1, count: 254), to: try receiver.localAddress())
+                try sender.send($0, descriptors: [FileDescriptor](repeating: FileDescriptor(rawValue: -1), count: 254), to: try receiver.localAddress())
             }
         }
         #expect(error?.code == .tooManyDescriptors(count: 254, limit: 253))
@@ -710,7 +713,7 @@ struct DescriptorPassingTests {
         try receiver.setReceivesCredentials(true)
         let pipe = try makePipe()
         defer { close(pipe.read) }
-        try [UInt8(7)].withUnsafeBytes { _ = try sender.send($0, descriptors: Array(repeating: pipe.write, count: 253)) }
+        try [UInt8(7)].withUnsafeBytes { _ = try sender.send($0, descriptors: Array(repeating: FileDescriptor(rawValue: pipe.write), count: 253)) }
         close(pipe.write)
         var buffer = [UInt8](repeating: 0, count: 8)
         do {
@@ -803,13 +806,14 @@ struct DescriptorPassingTests {
             defer { closeAll(files) }
             let (sender, receiver) = try StreamSocket.makePair()
             receiver.keepsIncomingDescriptors = true
-            try sender.writeAll(Array("a".utf8), descriptors: [files[0]])
-            try sender.writeAll(Array("b".utf8), descriptors: [files[1]])
+            try sender.writeAll(Array("a".utf8), descriptors: [FileDescriptor(rawValue: files[0])])
+            try sender.writeAll(Array("b".utf8), descriptors: [FileDescriptor(rawValue: files[1])])
             #expect(try receiver.read(upTo: 1) == Array("a".utf8))
             #expect(try receiver.readExactly(1) == Array("b".utf8))
-            try sender.writeAll(Array("c".utf8), descriptors: [files[2]])
+            try sender.writeAll(Array("c".utf8), descriptors: [FileDescriptor(rawValue: files[2])])
             var buffer = [UInt8](repeating: 0, count: 8)
-            let (count, descriptors) = try buffer.withUnsafeMutableBytes { try receiver.receiveWithDescriptors(into: $0) }
+            let (message, descriptors) = try buffer.withUnsafeMutableBytes { try receiver.receiveWithDescriptors(into: $0) }
+            let count = message.count
             #expect(Array(buffer[..<count]) == Array("c".utf8))
             #expect(try descriptors.map { try readAt($0.rawValue, offset: 0, count: 8) } == ["k0", "k1", "k2"].map { Array($0.utf8) })
             descriptors.forEach { $0.close() }

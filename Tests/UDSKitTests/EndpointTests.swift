@@ -3,7 +3,7 @@ import Glibc
 import Testing
 @testable import UDSKit
 
-// Endpoint parsing, Connection and EndpointListener over Unix sockets and TCP
+// Endpoint parsing, Connection and StreamListener over Unix sockets and TCP
 // (loopback only: 127.0.0.1 and ::1), SocketFileStatus.probe, FileStatus and
 // the socket table.
 
@@ -92,13 +92,13 @@ struct EndpointParsingTests {
     }
 }
 
-@Suite("Connection and EndpointListener")
+@Suite("StreamSocket and StreamListener over endpoints")
 struct ConnectionTests {
     /// The same client and server code, whatever the endpoint: the point of
     /// `Endpoint`. The server answers each request with its reversal, then
     /// half-closes after the client did.
-    private func exchange(over endpoint: Endpoint) throws -> EndpointListener {
-        let listener = try EndpointListener.bind(to: endpoint)
+    private func exchange(over endpoint: Endpoint) throws -> StreamListener {
+        let listener = try StreamListener.bind(to: endpoint)
         let bound = try listener.localEndpoint()
         let server = BackgroundThread { () throws -> [UInt8] in
             let (connection, _) = try listener.accept()
@@ -114,7 +114,7 @@ struct ConnectionTests {
             try connection.shutdown(.write)
             return received
         }
-        let client = try Connection.connect(to: bound, timeout: .seconds(5))
+        let client = try StreamSocket.connect(to: bound, timeout: .seconds(5))
         defer { try? client.close() }
         try client.setReadTimeout(.seconds(20))
         let request = Array("hello, endpoint".utf8)
@@ -140,7 +140,7 @@ struct ConnectionTests {
     }
 
     @Test func tcpListenerReportsItsPortAndBothSidesTheirAddresses() throws {
-        let listener = try EndpointListener.bind(to: Endpoint("tcp:0"))
+        let listener = try StreamListener.bind(to: Endpoint("tcp:0"))
         defer { try? listener.close() }
         let bound = try listener.localEndpoint()
         guard case .tcp(let host, let port) = bound.kind else {
@@ -151,7 +151,7 @@ struct ConnectionTests {
         #expect(port != 0)
         #expect(bound.description == "tcp:127.0.0.1:\(port)")
 
-        let client = try Connection.connect(to: bound)
+        let client = try StreamSocket.connect(to: bound)
         defer { try? client.close() }
         let (server, peer) = try listener.accept()
         defer { try? server.close() }
@@ -161,13 +161,12 @@ struct ConnectionTests {
         #expect(try server.localEndpoint() == bound)
         #expect(try server.peerEndpoint() == peer)
         #expect(listener.endpoint == Endpoint.tcp(host: "127.0.0.1", port: 0), "the endpoint as given")
-        #expect(server.endpoint == bound, "accepted connections name the port really bound")
     }
 
     @Test func tcpNoDelayIsOnByDefaultOnBothSides() throws {
-        let listener = try EndpointListener.bind(to: Endpoint("tcp:127.0.0.1:0"))
+        let listener = try StreamListener.bind(to: Endpoint("tcp:127.0.0.1:0"))
         defer { try? listener.close() }
-        let client = try Connection.connect(to: try listener.localEndpoint())
+        let client = try StreamSocket.connect(to: try listener.localEndpoint())
         defer { try? client.close() }
         let (server, _) = try listener.accept()
         defer { try? server.close() }
@@ -176,7 +175,7 @@ struct ConnectionTests {
             // What the kernel says, not only what the library remembers.
             var value: CInt = 0
             var length = socklen_t(MemoryLayout<CInt>.size)
-            #expect(getsockopt(connection.descriptor, CInt(IPPROTO_TCP), TCP_NODELAY, &value, &length) == 0)
+            #expect(getsockopt(connection.descriptor.rawValue, CInt(IPPROTO_TCP), TCP_NODELAY, &value, &length) == 0)
             #expect(value != 0)
         }
         try client.setNoDelay(false)
@@ -184,11 +183,11 @@ struct ConnectionTests {
     }
 
     @Test func ipv6Loopback() throws {
-        let listener = try EndpointListener.bind(to: Endpoint("tcp:[::1]:0"))
+        let listener = try StreamListener.bind(to: Endpoint("tcp:[::1]:0"))
         defer { try? listener.close() }
         let bound = try listener.localEndpoint()
         #expect(bound.description.hasPrefix("tcp:[::1]:"), "\(bound)")
-        let client = try Connection.connect(to: bound)
+        let client = try StreamSocket.connect(to: bound)
         defer { try? client.close() }
         let (server, peer) = try listener.accept()
         defer { try? server.close() }
@@ -199,10 +198,10 @@ struct ConnectionTests {
 
     @Test("a host name tries each address: localhost reaches a 127.0.0.1 listener even if ::1 comes first")
     func hostNameTriesEachAddress() throws {
-        let listener = try EndpointListener.bind(to: Endpoint("tcp:127.0.0.1:0"))
+        let listener = try StreamListener.bind(to: Endpoint("tcp:127.0.0.1:0"))
         defer { try? listener.close() }
         guard case .tcp(_, let port) = try listener.localEndpoint().kind else { return }
-        let client = try Connection.connect(to: .tcp(host: "localhost", port: port), timeout: .seconds(5))
+        let client = try StreamSocket.connect(to: .tcp(host: "localhost", port: port), timeout: .seconds(5))
         defer { try? client.close() }
         let (server, _) = try listener.accept()
         defer { try? server.close() }
@@ -213,17 +212,17 @@ struct ConnectionTests {
     @Test("a refused TCP connection names the endpoint and the cause")
     func refusedNamesTheEndpoint() throws {
         // A port that was free a moment ago: bind port 0, note it, close.
-        let probe = try EndpointListener.bind(to: Endpoint("tcp:127.0.0.1:0"))
+        let probe = try StreamListener.bind(to: Endpoint("tcp:127.0.0.1:0"))
         let endpoint = try probe.localEndpoint()
         try probe.close()
-        let error = socketError { try Connection.connect(to: endpoint) }
+        let error = socketError { try StreamSocket.connect(to: endpoint) }
         #expect(error?.errno == .connectionRefused)
         #expect(error?.description == "connect(\(endpoint)): connection refused (nothing is listening there)")
     }
 
     @Test func unixConnectErrorsNameThePath() throws {
         try withTemporaryDirectory { directory in
-            let error = socketError { try Connection.connect(to: Endpoint(directory.path("none.sock"))) }
+            let error = socketError { try StreamSocket.connect(to: Endpoint(directory.path("none.sock"))) }
             #expect(error?.description == "connect(\(directory.path("none.sock"))): no such file or directory (no socket at this path)")
         }
     }
@@ -232,14 +231,14 @@ struct ConnectionTests {
     func connectTimeout() throws {
         try withTemporaryDirectory { directory in
             let endpoint = try Endpoint(directory.path("full.sock"))
-            let listener = try EndpointListener.bind(to: endpoint, options: BindOptions(backlog: 0))
+            let listener = try StreamListener.bind(to: endpoint, options: BindOptions(backlog: 0))
             defer { try? listener.close() }
-            var held: [Connection] = []
+            var held: [StreamSocket] = []
             defer { held.forEach { try? $0.close() } }
             var timedOut: SocketError?
             for _ in 0..<16 {
                 do {
-                    held.append(try Connection.connect(to: endpoint, timeout: .milliseconds(200)))
+                    held.append(try StreamSocket.connect(to: endpoint, timeout: .milliseconds(200)))
                 } catch {
                     timedOut = error as? SocketError
                     break
@@ -254,39 +253,39 @@ struct ConnectionTests {
         try withTemporaryDirectory { directory in
             let path = directory.path("svc.sock")
             try makeStaleSocketFile(atPath: path)
-            let listener = try EndpointListener.bind(to: Endpoint(path))
+            let listener = try StreamListener.bind(to: Endpoint(path))
             #expect(listener.replacedStaleSocket)
-            let second = socketError { try EndpointListener.bind(to: Endpoint(path)) }
+            let second = socketError { try StreamListener.bind(to: Endpoint(path)) }
             #expect(second?.code == .addressInUse)
             try listener.close()
             #expect(!fileExists(atPath: path))
 
             try writeFile(directory.path("plain"), contents: "keep")
-            #expect(socketError { try EndpointListener.bind(to: Endpoint(directory.path("plain"))) }?.code == .notASocket(.regular))
+            #expect(socketError { try StreamListener.bind(to: Endpoint(directory.path("plain"))) }?.code == .notASocket(.regular))
             #expect(try readFile(directory.path("plain")) == "keep")
         }
     }
 
     @Test func peerCredentialsOverUnixButNotTCP() throws {
         try withTemporaryDirectory { directory in
-            let listener = try EndpointListener.bind(to: Endpoint(directory.path("c.sock")))
+            let listener = try StreamListener.bind(to: Endpoint(directory.path("c.sock")))
             defer { try? listener.close() }
-            let client = try Connection.connect(to: listener.endpoint)
+            let client = try StreamSocket.connect(to: listener.endpoint)
             defer { try? client.close() }
             #expect(try client.peerCredentials().processID == getpid())
         }
-        let listener = try EndpointListener.bind(to: Endpoint("tcp:0"))
+        let listener = try StreamListener.bind(to: Endpoint("tcp:0"))
         defer { try? listener.close() }
-        let client = try Connection.connect(to: try listener.localEndpoint())
+        let client = try StreamSocket.connect(to: try listener.localEndpoint())
         defer { try? client.close() }
-        guard case .invalidArgument? = socketError({ try client.peerCredentials() })?.code else {
+        guard case .unsupported? = socketError({ try client.peerCredentials() })?.code else {
             Issue.record("TCP peer credentials should be refused")
             return
         }
     }
 
     @Test func tcpListenerRefusesAnAccessPolicy() {
-        let error = socketError { try EndpointListener.bind(to: Endpoint("tcp:0"), admitting: .users([0])) }
+        let error = socketError { try StreamListener.bind(to: Endpoint("tcp:0"), admitting: .users([0])) }
         guard case .invalidArgument? = error?.code else {
             Issue.record("expected .invalidArgument, got \(String(describing: error))")
             return
@@ -294,9 +293,9 @@ struct ConnectionTests {
     }
 
     @Test func closeWakesABlockedTCPRead() throws {
-        let listener = try EndpointListener.bind(to: Endpoint("tcp:0"))
+        let listener = try StreamListener.bind(to: Endpoint("tcp:0"))
         defer { try? listener.close() }
-        let client = try Connection.connect(to: try listener.localEndpoint())
+        let client = try StreamSocket.connect(to: try listener.localEndpoint())
         let (server, _) = try listener.accept()
         defer { try? server.close() }
         let reader = BackgroundThread { () throws -> Int in try client.read(upTo: 10).count }

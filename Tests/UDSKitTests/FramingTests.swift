@@ -347,7 +347,7 @@ struct FramingTests {
 
     @Test("frames over a TCP connection")
     func overTCP() async throws {
-        let listener = try EndpointListener.bind(to: Endpoint("tcp:0"))
+        let listener = try StreamListener.bind(to: Endpoint("tcp:0"))
         defer { try? listener.close() }
         let endpoint = try listener.localEndpoint()
         let format = FrameFormat("u32be")!
@@ -364,7 +364,7 @@ struct FramingTests {
         }
         let frames = samples(for: format)
         let (replies, end) = try await blocking { () throws -> ([[UInt8]], [UInt8]?) in
-            let client = try Connection.connect(to: endpoint)
+            let client = try StreamSocket.connect(to: endpoint)
             defer { try? client.close() }
             let reader = client.frames(format)
             var replies: [[UInt8]] = []
@@ -417,7 +417,7 @@ struct FramingTests {
             let envelope = try FrameEnvelope(format, for: body)
             #expect(envelope.total == wire.count)
             for offset in 0..<wire.count {
-                let sent = try envelope.send(writer.descriptor, body, from: offset).get()
+                let sent = try envelope.send(writer.descriptor.rawValue, body, from: offset).get()
                 #expect(sent == wire.count - offset)
                 #expect(try reader.readExactly(sent) == Array(wire[offset...]), "from offset \(offset)")
             }

@@ -117,7 +117,7 @@ func acceptWithin(
     let accepting = BackgroundThread { try listener.accept() }
     do {
         let accepted = try accepting.join(timeout: timeout)
-        return (accepted.connection, accepted.peer)
+        return (accepted.connection, accepted.peer.unixAddress ?? .unnamed)
     } catch is BackgroundThread<(connection: StreamSocket, peer: UnixAddress)>.StillRunning {
         try? listener.close()
         throw PythonPeer.Failed(description: "no connection within \(timeout).\n\(peer?.transcript ?? "")")
@@ -184,7 +184,7 @@ struct PeerCredentialsTests {
     @Test func streamListenerAndClientSeeEachOther() throws {
         try withTemporaryDirectory { directory in
             let listener = try StreamListener.bind(to: directory.address("creds.sock"))
-            let client = try StreamSocket.connect(to: listener.address)
+            let client = try StreamSocket.connect(to: listener.endpoint)
             let (server, _) = try listener.accept()
             #expect(try client.peerCredentials().pidUidGid == ourCredentials)
             #expect(try server.peerCredentials().pidUidGid == ourCredentials)
@@ -193,7 +193,7 @@ struct PeerCredentialsTests {
 
     @Test func seqpacketListenerAndClientSeeEachOther() throws {
         let listener = try SeqpacketListener.bind(to: uniqueAbstractAddress("creds"))
-        let client = try SeqpacketSocket.connect(to: listener.address)
+        let client = try SeqpacketSocket.connect(to: listener.endpoint)
         let (server, _) = try listener.accept()
         #expect(try client.peerCredentials().pidUidGid == ourCredentials)
         #expect(try server.peerCredentials().pidUidGid == ourCredentials)
@@ -257,7 +257,7 @@ struct PeerCredentialsTests {
     @Test func aChildThatIsAnotherUserIsSeenAsThatUser() throws {
         try requireRoot("the child takes uid \(otherUserID) and gid \(otherGroupID)")
         let listener = try StreamListener.bind(to: uniqueAbstractAddress("other-user"))
-        let name = try #require(listener.address.abstractName)
+        let name = try #require(listener.address?.abstractName)
         try withTemporaryDirectory { directory in
             let child = try PythonPeer(
                 "other-user",
@@ -434,7 +434,7 @@ struct PeerCredentialsTests {
 
     /// Connects, accepts, and checks that the connection works.
     private func expectAdmitted(_ listener: StreamListener, sourceLocation: SourceLocation = #_sourceLocation) throws {
-        let client = try StreamSocket.connect(to: listener.address)
+        let client = try StreamSocket.connect(to: listener.endpoint)
         let (server, _) = try acceptWithin(listener)
         #expect(try server.peerCredentials().pidUidGid == ourCredentials, sourceLocation: sourceLocation)
         try client.writeAll(Array("ping".utf8))
@@ -458,7 +458,7 @@ struct PeerCredentialsTests {
             defer { returned.set() }
             _ = try listener.accept()
         }
-        let client = try StreamSocket.connect(to: listener.address)
+        let client = try StreamSocket.connect(to: listener.endpoint)
         #expect(refusals.waitFor(count: 1), "onRefusal was not called", sourceLocation: sourceLocation)
         seesConnectionClosed(client, sourceLocation: sourceLocation)
         #expect(refusals.all.map(\.pidUidGid) == [ourCredentials], sourceLocation: sourceLocation)
@@ -544,7 +544,7 @@ struct PeerCredentialsTests {
             }
 
             let firstAddress = try directory.address("first.sock")
-            let first = try StreamSocket.connect(to: listener.address, from: firstAddress)
+            let first = try StreamSocket.connect(to: listener.endpoint, from: firstAddress)
             #expect(refusals.waitFor(count: 1), "the first peer was not refused")
             #expect(refusals.all.map(\.pidUidGid) == [ourCredentials])
             seesConnectionClosed(first)
@@ -552,9 +552,9 @@ struct PeerCredentialsTests {
             #expect(!returned.isSet, "accept() returned after refusing the only peer")
 
             let secondAddress = try directory.address("second.sock")
-            let second = try StreamSocket.connect(to: listener.address, from: secondAddress)
+            let second = try StreamSocket.connect(to: listener.endpoint, from: secondAddress)
             let (connection, peer) = try accepting.join()
-            #expect(peer == secondAddress)
+            #expect(peer == .unix(secondAddress))
             #expect(try connection.peerAddress() == secondAddress)
             try second.writeAll(Array("second".utf8))
             #expect(try connection.readExactly(6) == Array("second".utf8))
@@ -571,8 +571,8 @@ struct PeerCredentialsTests {
         let listener = try StreamListener.bind(
             to: uniqueAbstractAddress("queue"),
             admitting: AccessPolicy({ _ in decisions.increment() > 5 }) { refusals.record($0) })
-        let refused = try (0..<5).map { _ in try StreamSocket.connect(to: listener.address) }
-        let admitted = try StreamSocket.connect(to: listener.address)
+        let refused = try (0..<5).map { _ in try StreamSocket.connect(to: listener.endpoint) }
+        let admitted = try StreamSocket.connect(to: listener.endpoint)
         let (connection, _) = try acceptWithin(listener)
         #expect(refusals.all.map(\.pidUidGid) == Array(repeating: ourCredentials, count: 5))
         for client in refused { seesConnectionClosed(client) }
@@ -586,8 +586,8 @@ struct PeerCredentialsTests {
         let listener = try SeqpacketListener.bind(
             to: uniqueAbstractAddress("seq-policy"),
             admitting: AccessPolicy({ _ in decisions.increment() > 1 }) { refusals.record($0) })
-        let first = try SeqpacketSocket.connect(to: listener.address)
-        let second = try SeqpacketSocket.connect(to: listener.address)
+        let first = try SeqpacketSocket.connect(to: listener.endpoint)
+        let second = try SeqpacketSocket.connect(to: listener.endpoint)
         let (connection, _) = try listener.accept()
         #expect(refusals.all.map(\.pidUidGid) == [ourCredentials])
         try first.setReadTimeout(.seconds(10))
@@ -604,7 +604,7 @@ struct PeerCredentialsTests {
         let refusals = Refusals()
         let listener = try StreamListener.bind(
             to: uniqueAbstractAddress("child-refused"), admitting: .users([getuid()]) { refusals.record($0) })
-        let name = try #require(listener.address.abstractName)
+        let name = try #require(listener.address?.abstractName)
         let accepting = BackgroundThread { try listener.accept() }
         try withTemporaryDirectory { directory in
             let child = try PythonPeer(
@@ -628,7 +628,7 @@ struct PeerCredentialsTests {
             #expect(refusals.waitFor(count: 1))
             #expect(refusals.all.map(\.pidUidGid) == [PeerCredentials(processID: child.pid, userID: otherUserID, groupID: otherGroupID)])
         }
-        let client = try StreamSocket.connect(to: listener.address)
+        let client = try StreamSocket.connect(to: listener.endpoint)
         let (connection, _) = try accepting.join()
         #expect(try connection.peerCredentials().pidUidGid == ourCredentials)
         try client.writeAll([7])

@@ -14,7 +14,7 @@ struct PeerIdentityTests {
         let supplementary: UInt32 = 4242
         let listener = try StreamListener.bind(to: uniqueAbstractAddress("groups"), admitting: .groups([supplementary]))
         defer { try? listener.close() }
-        let name = try #require(listener.address.abstractName)
+        let name = try #require(listener.address?.abstractName)
         try withTemporaryDirectory { directory in
             let child = try PythonPeer(
                 "supplementary",
@@ -73,7 +73,7 @@ struct PeerIdentityTests {
     @Test func thePidfdOfAnExitedPeerNamesNoOneElse() throws {
         let listener = try StreamListener.bind(to: uniqueAbstractAddress("pidfd"))
         defer { try? listener.close() }
-        let name = try #require(listener.address.abstractName)
+        let name = try #require(listener.address?.abstractName)
         try withTemporaryDirectory { directory in
             let child = try PythonPeer(
                 "exits",

@@ -29,7 +29,7 @@ struct SeqpacketSocketTests {
             #expect(!receipt.isTruncated)
 
             for fd in [listener.descriptor, client.descriptor, server.descriptor] {
-                #expect(isCloseOnExec(fd))
+                #expect(isCloseOnExec(fd.rawValue))
             }
             try client.close()
             #expect(!fileExists(atPath: directory.path("client.sock")))
@@ -102,7 +102,7 @@ struct SeqpacketSocketTests {
         #expect(try b.receive().bytes == [1])
         #expect(try b.receive().bytes == [2, 2])
         #expect(try a.receive().bytes == [3, 3, 3])
-        #expect(isCloseOnExec(a.descriptor))
+        #expect(isCloseOnExec(a.descriptor.rawValue))
 
         try a.shutdown(.write)
         let end = try b.receive()

@@ -51,7 +51,7 @@ struct SocketFilePermissionsTests {
             case .streamClient:
                 // A client binds its own address before connecting.
                 let server = try StreamListener.bind(to: uniqueAbstractAddress("perm-server"))
-                let client = try StreamSocket.connect(to: server.address, from: address, bindOptions: options)
+                let client = try StreamSocket.connect(to: server.endpoint, from: address, bindOptions: options)
                 return {
                     try client.close()
                     try server.close()

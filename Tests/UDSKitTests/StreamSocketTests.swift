@@ -1,3 +1,4 @@
+import SystemPackage
 import Foundation
 import Glibc
 import Testing
@@ -25,7 +26,7 @@ struct StreamSocketTests {
 
             let client = try StreamSocket.connect(to: address)
             let (server, peer) = try listener.accept()
-            #expect(peer == .unnamed)
+            #expect(peer == .unix(.unnamed))
             #expect(try client.localAddress() == .unnamed)
             #expect(try client.peerAddress() == address)
             #expect(try server.localAddress() == address)
@@ -48,8 +49,8 @@ struct StreamSocketTests {
             let client = try StreamSocket.connect(to: address, from: clientAddress)
             #expect(fileIdentity(atPath: clientPath)?.isSocket == true)
             let (server, peer) = try listener.accept()
-            #expect(peer == clientAddress)
-            #expect(peer.path == clientPath)
+            #expect(peer == .unix(clientAddress))
+            #expect(peer.unixAddress?.path == clientPath)
             #expect(try server.peerAddress() == clientAddress)
             #expect(try client.localAddress() == clientAddress)
 
@@ -66,7 +67,7 @@ struct StreamSocketTests {
         let listener = try StreamListener.bind(to: serverAddress)
         let client = try StreamSocket.connect(to: serverAddress, from: clientAddress)
         let (server, peer) = try listener.accept()
-        #expect(peer == clientAddress)
+        #expect(peer == .unix(clientAddress))
         #expect(try server.peerAddress() == clientAddress)
         #expect(try server.localAddress() == serverAddress)
         try server.writeAll([1, 2, 3])
@@ -393,7 +394,7 @@ struct StreamSocketTests {
 
         let (c, d) = try StreamSocket.makePair()
         try d.close()
-        let withDescriptors = failure { try c.writeAll(bytes, descriptors: [FileHandle.standardError.fileDescriptor]) }
+        let withDescriptors = failure { try c.writeAll(bytes, descriptors: [FileDescriptor(rawValue: FileHandle.standardError.fileDescriptor)]) }
 
         let (e, f) = try SeqpacketSocket.makePair()
         try f.close()
@@ -428,7 +429,7 @@ struct StreamSocketTests {
             let client = try StreamSocket.connect(to: address)
             client.keepsIncomingDescriptors = keepsIncomingDescriptors
             let (server, _) = try listener.accept()
-            let identity = try #require(fileIdentity(ofDescriptor: client.descriptor))
+            let identity = try #require(fileIdentity(ofDescriptor: client.descriptor.rawValue))
 
             let reader = BackgroundThread { try client.read(upTo: 100) }
             pause(.milliseconds(200))  // let it block in recv
@@ -437,7 +438,7 @@ struct StreamSocketTests {
             let error = #expect(throws: SocketError.self) { try reader.join(timeout: .seconds(10)) }
             #expect(error?.code == .closed)
             // The descriptor is closed once the woken read has returned.
-            #expect(fileIdentity(ofDescriptor: client.descriptor) != identity)
+            #expect(fileIdentity(ofDescriptor: client.descriptor.rawValue) != identity)
             #expect(socketError { try client.read(upTo: 1) }?.code == .closed)
             withExtendedLifetime(server) {}
         }
@@ -526,8 +527,9 @@ struct StreamSocketTests {
         let client = try StreamSocket.connect(to: address)
         let (accepted, _) = try listener.accept()
         let (a, b) = try StreamSocket.makePair()
-        for (name, fd) in [("listener", listener.descriptor), ("connected", client.descriptor),
+        for (name, descriptor) in [("listener", listener.descriptor), ("connected", client.descriptor),
                            ("accepted", accepted.descriptor), ("pair.0", a.descriptor), ("pair.1", b.descriptor)] {
+            let fd = descriptor.rawValue
             #expect(fd >= 0, "\(name)")
             #expect(isCloseOnExec(fd), "\(name) descriptor \(fd) lacks FD_CLOEXEC")
         }

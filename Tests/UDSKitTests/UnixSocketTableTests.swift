@@ -25,7 +25,7 @@ struct UnixSocketTableTests {
         }
         try first.writeAll(Array("hello".utf8))
         let table = try UnixSocketTable.entries(withProcesses: false)
-        let (one, two) = (inode(first.descriptor), inode(second.descriptor))
+        let (one, two) = (inode(first.descriptor.rawValue), inode(second.descriptor.rawValue))
         let firstEntry = try #require(table.first { $0.socketInode == one })
         let secondEntry = try #require(table.first { $0.socketInode == two })
         #expect(firstEntry.peerInode == two)
@@ -47,7 +47,7 @@ struct UnixSocketTableTests {
         try client.connect(to: address)
         _ = try client.send(Array("x".utf8))
         let table = try UnixSocketTable.entries(withProcesses: false)
-        let entry = try #require(table.first { $0.socketInode == inode(server.descriptor) })
+        let entry = try #require(table.first { $0.socketInode == inode(server.descriptor.rawValue) })
         #expect(entry.address == address)
         #expect(entry.holdsAddress, "state \(entry.state)")
         #expect(entry.receiveQueue != nil)
@@ -69,12 +69,12 @@ struct UnixSocketTableTests {
             let (accepted, _) = try listener.accept()
             defer { try? accepted.close() }
             let table = try UnixSocketTable.entries(withProcesses: false)
-            let entry = try #require(table.first { $0.socketInode == inode(accepted.descriptor) })
+            let entry = try #require(table.first { $0.socketInode == inode(accepted.descriptor.rawValue) })
             #expect(entry.address == address)
             #expect(entry.state == .connected)
             #expect(!entry.holdsAddress)
-            #expect(entry.peerInode == inode(client.descriptor))
-            let listening = try #require(table.first { $0.socketInode == inode(listener.descriptor) })
+            #expect(entry.peerInode == inode(client.descriptor.rawValue))
+            let listening = try #require(table.first { $0.socketInode == inode(listener.descriptor.rawValue) })
             #expect(listening.holdsAddress && listening.state == .listening)
         }
     }

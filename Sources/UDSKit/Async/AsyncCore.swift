@@ -26,6 +26,16 @@ final class AsyncCore: Sendable {
         self.registration = try loop.register(handle)
     }
 
+    /// Registers `handle` (non-blocking) with `loop`, closing it if that fails.
+    static func registering(_ handle: SocketHandle, on loop: EventLoop) throws(SocketError) -> AsyncCore {
+        do throws(SocketError) {
+            return try AsyncCore(handle: handle, loop: loop)
+        } catch {
+            try? handle.close()
+            throw error
+        }
+    }
+
     /// Makes a blocking socket's descriptor non-blocking and registers it.
     convenience init(adopting handle: SocketHandle, loop: EventLoop) throws(SocketError) {
         try handle.call("fcntl") { Sys.setNonBlocking($0, true) }
@@ -44,10 +54,6 @@ final class AsyncCore: Sendable {
         try handle.close()
     }
 
-    static func deadline(after timeout: Duration?) -> ContinuousClock.Instant? {
-        timeout.map { ContinuousClock.now.advanced(by: $0) }
-    }
-
     /// Tries `attempt` and, while the kernel says it would block, waits for
     /// readiness in `direction` and tries again.
     ///
@@ -58,11 +64,11 @@ final class AsyncCore: Sendable {
     @inline(__always)
     func perform<R>(
         _ direction: Registration.Direction, _ operation: String, deadline: ContinuousClock.Instant?,
-        exhausted: (R) -> Bool = { _ in false },
+        exhausted: (R) -> Bool = { _ in false }, naming destination: String? = nil,
         _ attempt: (CInt) throws(SocketError) -> Result<R, Errno>
     ) async throws -> R {
         while true {
-            if let value = try self.attempt(direction, operation, exhausted: exhausted, attempt) { return value }
+            if let value = try self.attempt(direction, operation, exhausted: exhausted, naming: destination, attempt) { return value }
             // It would block, as of the tick it marked: wait for a later edge.
             try await registration.wait(
                 direction, after: blockedTick(direction), deadline: deadline, operation: operation)
@@ -73,7 +79,7 @@ final class AsyncCore: Sendable {
     /// last short read or write, is known to).
     func attempt<R>(
         _ direction: Registration.Direction, _ operation: String,
-        exhausted: (R) -> Bool = { _ in false },
+        exhausted: (R) -> Bool = { _ in false }, naming destination: String? = nil,
         _ attempt: (CInt) throws(SocketError) -> Result<R, Errno>
     ) throws(SocketError) -> R? {
         let observed = registration.tick(direction)
@@ -88,7 +94,7 @@ final class AsyncCore: Sendable {
             registration.clearEnded(direction)
             return nil
         case .failure(let errno):
-            throw handle.error(operation, errno)
+            throw handle.error(operation, errno, naming: destination)
         }
     }
 
@@ -126,53 +132,31 @@ final class AsyncCore: Sendable {
         { count in count < offered }
     }
 
-    // MARK: Attempts shared by the socket types
-
-    /// Reads stream data, keeping descriptors that ride on it (see `SocketHandle.read`).
-    @inline(__always)
-    func readAttempt(_ fd: CInt, _ buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> Result<Int, Errno> {
-        let result: Result<Int, Errno>
-        if handle.keepsDescriptors.load(ordering: .relaxed) {
-            switch try handle.receiveAttempt(
-                fd, into: buffer, wantSender: false, descriptorCapacity: ControlMessages.maximumDescriptors)
-            {
-            case .success(let (message, descriptors)):
-                if !descriptors.isEmpty { handle.keep(descriptors) }
-                result = .success(message.count)
-            case .failure(let errno):
-                result = .failure(errno)
-            }
-        } else {
-            result = Sys.receive(fd, buffer)
-        }
-        // close() shuts the socket down to wake readers: that is not the peer's EOF.
-        if case .success(0) = result, handle.isClosed { throw handle.error("read", code: .closed) }
-        return result
-    }
-
-    func receiveAttempt(
-        _ fd: CInt, _ buffer: UnsafeMutableRawBufferPointer, wantSender: Bool
-    ) throws(SocketError) -> Result<ReceivedMessage, Errno> {
-        let capacity = handle.keepsDescriptors.load(ordering: .relaxed) ? ControlMessages.maximumDescriptors : 0
-        switch try handle.receiveAttempt(fd, into: buffer, wantSender: wantSender, descriptorCapacity: capacity) {
-        case .success(let (message, descriptors)):
-            if !descriptors.isEmpty { handle.keep(descriptors) }
-            return .success(message)
-        case .failure(let errno):
-            return .failure(errno)
-        }
-    }
+    // MARK: Operations shared by the async socket types
 
     /// Sends `buffer` with `descriptors` attached (to `address` if given);
     /// checked before any system call.
     func send(
-        _ buffer: UnsafeRawBufferPointer, descriptors: [CInt], to address: UnixAddress?, needsData: Bool,
+        _ buffer: UnsafeRawBufferPointer, descriptors: [FileDescriptor], to address: UnixAddress?, needsData: Bool,
         deadline: ContinuousClock.Instant?
     ) async throws -> Int {
-        try handle.validate(descriptors, with: buffer, needsData: needsData)
-        return try await perform(.write, "sendmsg", deadline: deadline) {
-            ControlMessages.send($0, buffer, descriptors: descriptors, to: address)
+        let numbers = try handle.validate(descriptors, with: buffer, needsData: needsData)
+        return try await perform(.write, "sendmsg", deadline: deadline, naming: address?.description) {
+            handle.sendWithDescriptorsAttempt($0, buffer, numbers, to: address)
         }
+    }
+
+    /// Receives one message of at most `maximumSize` bytes as an array.
+    func receiveMessage(maximumSize: Int, deadline: ContinuousClock.Instant?) async throws -> (bytes: [UInt8], receipt: ReceivedMessage) {
+        var bytes = [UInt8](repeating: 0, count: maximumSize)
+        let wantSender = handle.kind == .datagram
+        let receipt = try await perform(.read, "recvmsg", deadline: deadline) { (fd) throws(SocketError) in
+            try bytes.withUnsafeMutableBytes { buffer in
+                Result { () throws(SocketError) in try handle.messageAttempt(fd, buffer, wantSender: wantSender) }
+            }.get()
+        }
+        bytes.removeSubrange(receipt.count...)
+        return (bytes, receipt)
     }
 
     /// Receives with room for the kernel's limit of descriptors, after those
@@ -180,6 +164,7 @@ final class AsyncCore: Sendable {
     func receiveWithDescriptors(
         into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool, deadline: ContinuousClock.Instant?
     ) async throws -> (ReceivedMessage, [ReceivedDescriptor]) {
+        try handle.requireUnix(handle.receiveOperation, "passing descriptors")
         let earlier = try handle.takeKept()
         do {
             let (message, descriptors) = try await perform(.read, handle.receiveOperation, deadline: deadline) {
@@ -198,7 +183,7 @@ final class AsyncCore: Sendable {
         var remaining = buffer
         while !remaining.isEmpty {
             let written = try await perform(.write, "write", deadline: deadline, exhausted: Self.filled(remaining.count)) {
-                Sys.send($0, remaining)
+                handle.writeAttempt($0, remaining)
             }
             remaining = UnsafeRawBufferPointer(rebasing: remaining[written...])
         }
@@ -208,7 +193,7 @@ final class AsyncCore: Sendable {
     /// handle (the caller registers it). Gets through the failures
     /// ``AcceptRecovery`` lists, pausing on the loop's own timers: a server
     /// out of descriptors must not need the global executor's threads.
-    func accept(policy: AccessPolicy, deadline: ContinuousClock.Instant?) async throws -> (SocketHandle, UnixAddress) {
+    func accept(policy: AccessPolicy, deadline: ContinuousClock.Instant?) async throws -> (SocketHandle, Endpoint) {
         var recovery = AcceptRecovery()
         while true {
             // Noted before the attempt: a connection that comes after it moves the tick.
@@ -229,7 +214,7 @@ final class AsyncCore: Sendable {
     }
 
     enum AcceptOutcome {
-        case accepted(SocketHandle, UnixAddress)
+        case accepted(SocketHandle, Endpoint)
         /// Refused by the policy, or skipped after a failure: try again.
         case retry
         case wouldBlock
@@ -240,18 +225,10 @@ final class AsyncCore: Sendable {
 
     /// One accept, and what follows from it (``AcceptRecovery`` decides).
     func acceptOnce(policy: AccessPolicy, _ recovery: inout AcceptRecovery) throws(SocketError) -> AcceptOutcome {
-        var accepted: CInt = -1
-        let peer: UnixAddress?
+        let accepted: (SocketHandle, Endpoint)?
         do throws(SocketError) {
-            peer = try attempt(.read, "accept") { (fd) throws(SocketError) in
-                var failure: Errno?
-                let address = UnixAddress.fromKernel { address, length in
-                    switch Sys.accept(fd, address, length, nonBlocking: true) {
-                    case .success(let newFD): accepted = newFD
-                    case .failure(let errno): failure = errno
-                    }
-                }
-                return failure.map { .failure($0) } ?? .success(address)
+            accepted = try attempt(.read, "accept") { (fd) throws(SocketError) in
+                try handle.acceptAttempt(fd, nonBlocking: true)
             }
         } catch {
             switch handle.recover(from: error, &recovery) {
@@ -261,9 +238,8 @@ final class AsyncCore: Sendable {
             case .fail: throw error
             }
         }
-        guard let peer else { return .wouldBlock }
+        guard let (connection, peer) = accepted else { return .wouldBlock }
         recovery.succeeded()
-        let connection = SocketHandle(descriptor: accepted, kind: handle.kind, label: handle.currentLabel)
         return handle.admit(connection, by: policy) ? .accepted(connection, peer) : .retry
     }
 
@@ -285,14 +261,11 @@ final class AsyncCore: Sendable {
     /// answers EAGAIN and gives no readiness event for it, so the attempt is
     /// repeated with a growing pause; an in-progress connection (TCP) is
     /// awaited through writability.
-    func connect(to address: UnixAddress, deadline: ContinuousClock.Instant?) async throws {
-        handle.currentLabel = address.description
+    func connect(deadline: ContinuousClock.Instant?, _ start: (CInt) -> Result<Void, Errno>) async throws {
         var pause = Duration.microseconds(100)
         while true {
             let observed = registration.tick(.write)
-            let result = try handle.withDescriptor("connect") { fd in
-                address.withSockaddr { Sys.connect(fd, $0, $1) }
-            }
+            let result = try handle.withDescriptor("connect") { fd in start(fd) }
             switch result {
             case .success:
                 return
@@ -315,4 +288,61 @@ final class AsyncCore: Sendable {
             }
         }
     }
+
+    /// Connects a new async socket to `endpoint` on `loop`: a Unix address
+    /// (optionally binding `localAddress` first), or TCP, trying each of the
+    /// host's addresses in turn. The name lookup itself blocks, as in Go's
+    /// and tokio's default resolvers for numeric and local names.
+    static func connect(
+        to endpoint: Endpoint, kind: SocketKind, from localAddress: UnixAddress?, bindOptions: BindOptions,
+        deadline: ContinuousClock.Instant?, on loop: EventLoop
+    ) async throws -> AsyncCore {
+        switch try SocketHandle.forConnecting(
+            to: endpoint, kind: kind, from: localAddress, bindOptions: bindOptions, nonBlocking: true)
+        {
+        case .unix(let handle, let address):
+            let core: AsyncCore
+            do throws(SocketError) {
+                core = try AsyncCore(handle: handle, loop: loop)
+            } catch {
+                try? handle.close()
+                throw error
+            }
+            try await core.connect(deadline: deadline) { fd in address.withSockaddr { Sys.connect(fd, $0, $1) } }
+            return core
+        case .tcp(let addresses, let label):
+            var firstError: (any Error)?
+            for address in addresses {
+                let handle = try SocketHandle.openTCP(family: address.family, label: label, nonBlocking: true)
+                do {
+                    let core = try AsyncCore(handle: handle, loop: loop)
+                    do {
+                        try await core.connect(deadline: deadline) { fd in address.withSockaddr { Sys.connect(fd, $0, $1) } }
+                        try handle.setNoDelay(true)
+                        return core
+                    } catch {
+                        try? core.close()
+                        throw error
+                    }
+                } catch {
+                    try? handle.close()
+                    if error is CancellationError { throw error }
+                    if firstError == nil { firstError = error }
+                }
+            }
+            throw firstError ?? SocketError("connect", address: label, code: .nameResolution("no addresses"))
+        }
+    }
+}
+
+/// Runs `body` over a copy of `bytes` that stays in place across suspensions
+/// (an array's own storage is only lent for a synchronous closure).
+func withStableBytes<R>(
+    _ bytes: some Sequence<UInt8>, _ body: (UnsafeRawBufferPointer) async throws -> R
+) async throws -> R {
+    let array = Array(bytes)
+    let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: array.count, alignment: 1)
+    defer { copy.deallocate() }
+    array.withUnsafeBytes { copy.copyMemory(from: $0) }
+    return try await body(UnsafeRawBufferPointer(copy))
 }

@@ -1,13 +1,14 @@
-/// A datagram socket for async code: whole messages, boundaries kept.
-/// Sends wait while the receiver's queue is full; nothing is dropped.
-public final class AsyncDatagramSocket: Sendable {
-    let core: AsyncCore
+import SystemPackage
+
+/// A datagram socket for async code: whole messages, boundaries kept (see
+/// ``AsyncMessageSocket``); the members of ``DatagramSocket``, async.
+public final class AsyncDatagramSocket: Socket, AsyncMessageSocket, @unchecked Sendable {
     /// Whether binding replaced a stale socket file.
     public let replacedStaleSocket: Bool
 
     init(core: AsyncCore, replacedStaleSocket: Bool = false) {
-        self.core = core
         self.replacedStaleSocket = replacedStaleSocket
+        super.init(core: core)
     }
 
     /// Takes over a blocking datagram socket (bound, connected or neither).
@@ -15,129 +16,73 @@ public final class AsyncDatagramSocket: Sendable {
         self.init(core: try AsyncCore(adopting: socket.handle, loop: loop), replacedStaleSocket: socket.replacedStaleSocket)
     }
 
-    /// A socket bound to `address`, with the safe-bind rules of ``StreamListener``.
+    /// A socket bound to `address`, with the safe-bind rules of ``Listener``.
     public static func bind(
-        to address: UnixAddress, options: BindOptions = BindOptions(), on loop: EventLoop = .shared
+        to address: some EndpointConvertible, options: BindOptions = BindOptions(), on loop: EventLoop = .shared
     ) throws(SocketError) -> AsyncDatagramSocket {
-        try AsyncDatagramSocket(DatagramSocket.bind(to: address, options: options), on: loop)
+        let (handle, replaced) = try SocketHandle.openDatagram(bindingTo: address.makeEndpoint(), options: options, nonBlocking: true)
+        return AsyncDatagramSocket(core: try AsyncCore.registering(handle, on: loop), replacedStaleSocket: replaced)
     }
 
     /// An unbound socket: it can send, but nobody can answer it.
     public static func unbound(on loop: EventLoop = .shared) throws(SocketError) -> AsyncDatagramSocket {
-        try AsyncDatagramSocket(DatagramSocket.unbound(), on: loop)
+        let (handle, _) = try SocketHandle.openDatagram(bindingTo: nil, options: BindOptions(), nonBlocking: true)
+        return AsyncDatagramSocket(core: try AsyncCore.registering(handle, on: loop))
+    }
+
+    /// Two connected datagram sockets.
+    public static func makePair(on loop: EventLoop = .shared) throws(SocketError) -> (AsyncDatagramSocket, AsyncDatagramSocket) {
+        let (first, second) = try DatagramSocket.makePair()
+        return (try AsyncDatagramSocket(first, on: loop), try AsyncDatagramSocket(second, on: loop))
+    }
+
+    /// Takes over a datagram socket, bound or not, checked with the kernel first.
+    public convenience init(adopting descriptor: FileDescriptor, on loop: EventLoop = .shared) throws(SocketError) {
+        let handle = try SocketHandle.adopt(descriptor.rawValue, as: .init(kind: .datagram, listening: false), nonBlocking: true)
+        self.init(core: try AsyncCore.registering(handle, on: loop))
     }
 
     /// Sets the default destination, and receives only from it.
     public func connect(to address: UnixAddress) throws(SocketError) {
-        try core.handle.connect(to: address)
+        try handle.connect(to: address)
     }
 
     /// Sends one message to `address`, waiting while the receiver's queue is full.
     @discardableResult
     public func send(_ buffer: UnsafeRawBufferPointer, to address: UnixAddress, timeout: Duration? = nil) async throws -> Int {
-        try await core.perform(.write, "sendto", deadline: AsyncCore.deadline(after: timeout)) { fd in
-            address.withSockaddr { Sys.send(fd, buffer, to: $0, $1) }
-        }
+        try await asyncCore.perform(.write, "sendto", deadline: handle.deadline(timeout, .write), naming: address.description) { handle.sendAttempt($0, buffer, to: address) }
     }
 
-    /// Sends one message to the connected address.
+    /// Sends one message to `address`.
     @discardableResult
-    public func send(_ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil) async throws -> Int {
-        try await core.perform(.write, "send", deadline: AsyncCore.deadline(after: timeout)) { Sys.send($0, buffer) }
-    }
-
-    /// Sends one message, given as bytes, to `address` (or the connected address).
-    @discardableResult
-    public func send(_ bytes: [UInt8], to address: UnixAddress? = nil, timeout: Duration? = nil) async throws -> Int {
-        let deadline = AsyncCore.deadline(after: timeout)
-        return try await core.perform(.write, "sendto", deadline: deadline) { fd in
-            bytes.withUnsafeBytes { buffer in
-                guard let address else { return Sys.send(fd, buffer) }
-                return address.withSockaddr { Sys.send(fd, buffer, to: $0, $1) }
-            }
+    public func send(_ bytes: some Sequence<UInt8>, to address: UnixAddress, timeout: Duration? = nil) async throws -> Int {
+        let bytes = Array(bytes)
+        return try await asyncCore.perform(.write, "sendto", deadline: handle.deadline(timeout, .write), naming: address.description) { fd in
+            bytes.withUnsafeBytes { handle.sendAttempt(fd, $0, to: address) }
         }
     }
 
-    /// Receives one message and its sender; check `isTruncated`.
-    public func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) async throws -> ReceivedMessage {
-        try await core.perform(.read, "recvmsg", deadline: AsyncCore.deadline(after: timeout)) { (fd) throws(SocketError) in
-            try core.receiveAttempt(fd, buffer, wantSender: true)
-        }
-    }
-
-    /// Sends one message with `descriptors` attached (`SCM_RIGHTS`), to
-    /// `address` or, if `nil`, the connected address.
+    /// Sends one message with `descriptors` attached (`SCM_RIGHTS`), to `address`.
     @discardableResult
     public func send(
-        _ buffer: UnsafeRawBufferPointer, descriptors: [CInt], to address: UnixAddress? = nil, timeout: Duration? = nil
+        _ buffer: UnsafeRawBufferPointer, descriptors: [FileDescriptor], to address: UnixAddress, timeout: Duration? = nil
     ) async throws -> Int {
-        try await core.send(
-            buffer, descriptors: descriptors, to: address, needsData: false, deadline: AsyncCore.deadline(after: timeout))
+        try await asyncCore.send(buffer, descriptors: descriptors, to: address, needsData: false, deadline: handle.deadline(timeout, .write))
     }
-
-    /// Receives one message, its sender and its descriptors (after any that plain receives kept).
-    public func receiveWithDescriptors(
-        into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil
-    ) async throws -> (message: ReceivedMessage, descriptors: [ReceivedDescriptor]) {
-        try await core.receiveWithDescriptors(into: buffer, wantSender: true, deadline: AsyncCore.deadline(after: timeout))
-    }
-
-    /// Linux: every message received from now on carries its sender's
-    /// credentials (`SO_PASSCRED`); see ``DatagramSocket/setReceivesCredentials(_:)``.
-    public func setReceivesCredentials(_ on: Bool) throws(SocketError) {
-        try core.handle.setReceivesCredentials(on)
-    }
-
-    /// Whether plain receives keep descriptors that arrive with messages; see
-    /// ``StreamSocket/keepsIncomingDescriptors``.
-    public var keepsIncomingDescriptors: Bool {
-        get { core.handle.keepsDescriptors.load(ordering: .relaxed) }
-        set { core.handle.keepsDescriptors.store(newValue, ordering: .relaxed) }
-    }
-
-    /// The messages as they arrive, each at most `maximumSize` bytes; the
-    /// sequence ends when the socket is closed.
-    public func messages(maximumSize: Int = 65536) -> Messages {
-        Messages(core: core, maximumSize: maximumSize, wantSender: true)
-    }
-
-    /// This socket's address.
-    public func localAddress() throws(SocketError) -> UnixAddress { try core.handle.localAddress() }
-
-    /// Closes once and removes the socket file it bound; waiting operations fail with `.closed`.
-    public func close() throws(SocketError) { try core.close() }
-
-    /// The loop that watches this socket, where its tasks run best.
-    public var eventLoop: EventLoop { core.registration.loop }
-
-    /// The descriptor, for use with other APIs; it stays owned by this socket.
-    public var descriptor: CInt { core.handle.descriptor }
 }
 
-/// A listening seqpacket socket for async code (Linux).
-public final class AsyncSeqpacketListener: Sendable {
-    let core: AsyncCore
+/// A listening seqpacket socket for async code (Linux): the members of
+/// ``SeqpacketListener``, async.
+public final class AsyncSeqpacketListener: Listener, AsyncSocket, @unchecked Sendable {
     /// Where accepted connections are registered.
     let connectionLoops: any EventLoopSource
-    /// The address this listener was bound to, as given.
-    public let address: UnixAddress
-    /// Which peers ``accept(timeout:)`` lets through.
-    public let accessPolicy: AccessPolicy
-    /// Whether binding removed a stale socket file first.
-    public let replacedStaleSocket: Bool
 
-    private init(
-        core: AsyncCore, connectionLoops: any EventLoopSource, address: UnixAddress, accessPolicy: AccessPolicy,
-        replacedStaleSocket: Bool
-    ) {
-        self.core = core
+    init(core: AsyncCore, bound: ListeningBinding, connectionLoops: any EventLoopSource) {
         self.connectionLoops = connectionLoops
-        self.address = address
-        self.accessPolicy = accessPolicy
-        self.replacedStaleSocket = replacedStaleSocket
+        super.init(core: core, bound: bound)
     }
 
-    /// Binds and listens, with the safe-bind rules of ``StreamListener``.
+    /// Binds and listens, with the safe-bind rules of ``Listener``.
     /// - Parameters:
     ///   - address: A path or an abstract name.
     ///   - options: Mode, owner and group of the socket file, stale-file policy, backlog.
@@ -145,44 +90,44 @@ public final class AsyncSeqpacketListener: Sendable {
     ///   - loops: A loop, or a group whose loops take the accepted
     ///     connections in turn (the listener itself watches on the first).
     public static func bind(
-        to address: UnixAddress, options: BindOptions = BindOptions(),
+        to address: some EndpointConvertible, options: BindOptions = BindOptions(),
         admitting accessPolicy: AccessPolicy = .everyone, on loops: any EventLoopSource = EventLoop.shared
     ) throws(SocketError) -> AsyncSeqpacketListener {
-        let handle = try SocketHandle.open(.seqpacket, operation: "bind", label: address.description, nonBlocking: true)
-        let replaced = try handle.bindAndListen(to: address, options: options)
+        let (handle, bound) = try SocketHandle.listen(
+            on: address.makeEndpoint(), kind: .seqpacket, options: options, admitting: accessPolicy, nonBlocking: true)
         return AsyncSeqpacketListener(
-            core: try AsyncCore(handle: handle, loop: loops.next()), connectionLoops: loops, address: address,
-            accessPolicy: accessPolicy, replacedStaleSocket: replaced)
+            core: try AsyncCore.registering(handle, on: loops.next()), bound: bound, connectionLoops: loops)
     }
 
-    /// A listener around a handle that already listens (adopted).
-    convenience init(adopted handle: SocketHandle, admitting accessPolicy: AccessPolicy, on loops: any EventLoopSource) throws(SocketError) {
+    /// Takes over a listening seqpacket socket; see ``SeqpacketListener/init(adopting:admitting:)``.
+    public convenience init(
+        adopting descriptor: FileDescriptor, admitting accessPolicy: AccessPolicy = .everyone,
+        on loops: any EventLoopSource = EventLoop.shared
+    ) throws(SocketError) {
+        let handle = try SocketHandle.adopt(descriptor.rawValue, as: .init(kind: .seqpacket, listening: true), nonBlocking: true)
         self.init(
-            core: try AsyncCore(handle: handle, loop: loops.next()), connectionLoops: loops,
-            address: (try? handle.localAddress()) ?? .unnamed, accessPolicy: accessPolicy, replacedStaleSocket: false)
+            core: try AsyncCore.registering(handle, on: loops.next()), bound: try handle.adoptedBinding(admitting: accessPolicy),
+            connectionLoops: loops)
     }
 
     /// Waits for the next connection the access policy admits. Running out
     /// of descriptors or memory does not end it; see ``BindOptions/onAcceptRecovery``.
     public func accept(timeout: Duration? = nil) async throws -> (connection: AsyncSeqpacketSocket, peer: UnixAddress) {
-        let (handle, peer) = try await core.accept(policy: accessPolicy, deadline: AsyncCore.deadline(after: timeout))
-        return (AsyncSeqpacketSocket(core: try AsyncCore(handle: handle, loop: connectionLoops.next())), peer)
+        let (handle, peer) = try await asyncCore.accept(policy: accessPolicy, deadline: .after(timeout))
+        return (AsyncSeqpacketSocket(core: try AsyncCore.registering(handle, on: connectionLoops.next())), peer.unixAddress ?? .unnamed)
     }
 
-    /// Stops listening and removes the socket file.
-    public func close() throws(SocketError) { try core.close() }
-
-    /// The loop that watches this socket, where its tasks run best.
-    public var eventLoop: EventLoop { core.registration.loop }
+    /// The connections, as they arrive; the sequence ends when the listener closes.
+    public var connections: AsyncIncomingConnections<AsyncSeqpacketSocket, UnixAddress> {
+        AsyncIncomingConnections { try await self.accept() }
+    }
 }
 
 /// A connected seqpacket socket for async code (Linux): one message per send
-/// and per receive.
-public final class AsyncSeqpacketSocket: Sendable {
-    let core: AsyncCore
-
-    init(core: AsyncCore) {
-        self.core = core
+/// and per receive (see ``AsyncMessageSocket``).
+public final class AsyncSeqpacketSocket: Socket, AsyncMessageSocket, @unchecked Sendable {
+    override init(core: AsyncCore) {
+        super.init(core: core)
     }
 
     /// Takes over a connected blocking seqpacket socket.
@@ -190,14 +135,14 @@ public final class AsyncSeqpacketSocket: Sendable {
         self.init(core: try AsyncCore(adopting: socket.handle, loop: loop))
     }
 
-    /// Connects to a seqpacket listener.
+    /// Connects to a seqpacket listener, optionally binding `localAddress` first.
     public static func connect(
-        to address: UnixAddress, timeout: Duration? = nil, on loop: EventLoop = .shared
+        to address: some EndpointConvertible, from localAddress: UnixAddress? = nil,
+        bindOptions: BindOptions = BindOptions(), timeout: Duration? = nil, on loop: EventLoop = .shared
     ) async throws -> AsyncSeqpacketSocket {
-        let handle = try SocketHandle.open(.seqpacket, operation: "connect", label: address.description, nonBlocking: true)
-        let core = try AsyncCore(handle: handle, loop: loop)
-        try await core.connect(to: address, deadline: AsyncCore.deadline(after: timeout))
-        return AsyncSeqpacketSocket(core: core)
+        AsyncSeqpacketSocket(core: try await AsyncCore.connect(
+            to: address.makeEndpoint(), kind: .seqpacket, from: localAddress, bindOptions: bindOptions,
+            deadline: .after(timeout), on: loop))
     }
 
     /// Two connected seqpacket sockets.
@@ -206,68 +151,11 @@ public final class AsyncSeqpacketSocket: Sendable {
         return (try AsyncSeqpacketSocket(first, on: loop), try AsyncSeqpacketSocket(second, on: loop))
     }
 
-    /// Sends one message, waiting while the peer's queue is full.
-    @discardableResult
-    public func send(_ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil) async throws -> Int {
-        try await core.perform(.write, "send", deadline: AsyncCore.deadline(after: timeout)) { Sys.send($0, buffer) }
+    /// Takes over a connected seqpacket socket, checked with the kernel first.
+    public convenience init(adopting descriptor: FileDescriptor, on loop: EventLoop = .shared) throws(SocketError) {
+        let handle = try SocketHandle.adopt(descriptor.rawValue, as: .init(kind: .seqpacket, listening: false), nonBlocking: true)
+        self.init(core: try AsyncCore.registering(handle, on: loop))
     }
-
-    /// Sends one message.
-    @discardableResult
-    public func send(_ bytes: [UInt8], timeout: Duration? = nil) async throws -> Int {
-        try await core.perform(.write, "send", deadline: AsyncCore.deadline(after: timeout)) { fd in
-            bytes.withUnsafeBytes { Sys.send(fd, $0) }
-        }
-    }
-
-    /// Receives one message; a count of 0, not truncated, is the end of the connection.
-    public func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) async throws -> ReceivedMessage {
-        try await core.perform(.read, "recvmsg", deadline: AsyncCore.deadline(after: timeout)) { (fd) throws(SocketError) in
-            try core.receiveAttempt(fd, buffer, wantSender: false)
-        }
-    }
-
-    /// Sends one message with `descriptors` attached (`SCM_RIGHTS`).
-    @discardableResult
-    public func send(_ buffer: UnsafeRawBufferPointer, descriptors: [CInt], timeout: Duration? = nil) async throws -> Int {
-        try await core.send(
-            buffer, descriptors: descriptors, to: nil, needsData: true, deadline: AsyncCore.deadline(after: timeout))
-    }
-
-    /// Receives one message with its descriptors (after any that plain receives kept).
-    public func receiveWithDescriptors(
-        into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil
-    ) async throws -> (message: ReceivedMessage, descriptors: [ReceivedDescriptor]) {
-        try await core.receiveWithDescriptors(into: buffer, wantSender: false, deadline: AsyncCore.deadline(after: timeout))
-    }
-
-    /// Whether plain receives keep descriptors that arrive with messages; see
-    /// ``StreamSocket/keepsIncomingDescriptors``.
-    public var keepsIncomingDescriptors: Bool {
-        get { core.handle.keepsDescriptors.load(ordering: .relaxed) }
-        set { core.handle.keepsDescriptors.store(newValue, ordering: .relaxed) }
-    }
-
-    /// The messages as they arrive; the sequence ends at the end of the connection.
-    public func messages(maximumSize: Int = 65536) -> Messages {
-        Messages(core: core, maximumSize: maximumSize, wantSender: false)
-    }
-
-    /// Shuts down one or both directions.
-    public func shutdown(_ direction: ShutdownDirection) throws(SocketError) { try core.handle.shutdown(direction) }
-
-    /// The peer's process, user and group IDs.
-    public func peerCredentials() throws(SocketError) -> PeerCredentials { try core.handle.peerCredentials() }
-
-    /// The peer process by pidfd (Linux 6.5+ `SO_PEERPIDFD`): it cannot be
-    /// confused with a later process that reused the pid. `.unsupported` elsewhere.
-    public func peerProcess() throws(SocketError) -> PeerProcess { try core.handle.peerProcess() }
-
-    /// The loop that watches this socket: the executor its tasks should prefer.
-    public var eventLoop: EventLoop { core.registration.loop }
-
-    /// Closes once; waiting operations fail with `.closed`.
-    public func close() throws(SocketError) { try core.close() }
 }
 
 /// Messages from a datagram or seqpacket socket, as an `AsyncSequence`.
@@ -280,38 +168,29 @@ public struct Messages: AsyncSequence, Sendable {
     public typealias Element = (bytes: [UInt8], receipt: ReceivedMessage)
     let core: AsyncCore
     let maximumSize: Int
-    let wantSender: Bool
 
     /// Receives one message per call.
     public struct AsyncIterator: AsyncIteratorProtocol {
         let core: AsyncCore
         let maximumSize: Int
-        let wantSender: Bool
 
         /// The next message, or `nil` at the end (closed socket or connection).
         public mutating func next() async throws -> Element? {
-            var bytes = [UInt8](repeating: 0, count: maximumSize)
-            let wantSender = self.wantSender
-            let core = self.core
-            let receipt: ReceivedMessage
+            let message: Element
             do {
-                receipt = try await core.perform(.read, "recvmsg", deadline: nil) { (fd) throws(SocketError) in
-                    try bytes.withUnsafeMutableBytes { buffer in
-                        Result { () throws(SocketError) in try core.receiveAttempt(fd, buffer, wantSender: wantSender) }
-                    }.get()
-                }
+                message = try await core.receiveMessage(maximumSize: maximumSize, deadline: nil)
             } catch let error as SocketError where error.code == .closed {
                 return nil
             }
-            // A connection's end: an empty, untruncated message with no sender.
-            if receipt.count == 0 && !receipt.isTruncated && !wantSender { return nil }
-            bytes.removeSubrange(receipt.count...)
-            return (bytes, receipt)
+            // A connection's end: an empty, untruncated message on a seqpacket socket.
+            let receipt = message.receipt
+            if receipt.count == 0 && !receipt.isTruncated && core.handle.kind != .datagram { return nil }
+            return message
         }
     }
 
     /// An iterator that receives from the socket.
     public func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(core: core, maximumSize: maximumSize, wantSender: wantSender)
+        AsyncIterator(core: core, maximumSize: maximumSize)
     }
 }

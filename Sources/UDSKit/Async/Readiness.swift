@@ -36,7 +36,7 @@ extension AsyncCore {
     /// One accept without waiting: a connection, or `nil` if none is pending
     /// or the listener must pause (then the handler is called again after
     /// the pause, since no edge will say so).
-    func tryAccept(policy: AccessPolicy) throws(SocketError) -> (SocketHandle, UnixAddress)? {
+    func tryAccept(policy: AccessPolicy) throws(SocketError) -> (SocketHandle, Endpoint)? {
         var recovery = AcceptRecovery()
         while true {
             switch try acceptOnce(policy: policy, &recovery) {
@@ -54,35 +54,28 @@ extension AsyncCore {
     }
 }
 
-extension AsyncStreamSocket {
+extension AsyncSocket {
     /// Has the loop call `handler` on its thread at every readiness edge,
     /// instead of a task waiting: the readiness level, like a C epoll server
     /// (and SwiftNIO's channel handlers), for servers that hold many idle
     /// connections or count microseconds. Readiness is edge-triggered: the
-    /// handler reads with ``tryRead(into:)`` and writes with ``tryWrite(_:)``
-    /// until they return `nil`, or it hears of nothing more. It is called
-    /// once at once with ``Readiness/both``. Set it on the socket's
-    /// ``eventLoop`` thread; `nil` removes it. Tasks may still wait on the
-    /// socket as well.
+    /// handler reads with `tryRead(into:)` and writes with `tryWrite(_:)`
+    /// (a listener accepts with ``AsyncStreamListener/tryAccept()``) until
+    /// they return `nil`, or it hears of nothing more. It is called once at
+    /// once with ``Readiness/both``. Set it on the socket's ``eventLoop``
+    /// thread; `nil` removes it. Tasks may still wait on the socket as well.
     public func setReadinessHandler(_ handler: (@Sendable (Readiness) -> Void)?) {
-        core.setReadinessHandler(handler)
+        asyncCore.setReadinessHandler(handler)
     }
 }
 
 extension AsyncStreamListener {
-    /// Has the loop call `handler` at every readiness edge; the handler
-    /// accepts with ``tryAccept()`` until it returns `nil`. See
-    /// ``AsyncStreamSocket/setReadinessHandler(_:)``.
-    public func setReadinessHandler(_ handler: (@Sendable (Readiness) -> Void)?) {
-        core.setReadinessHandler(handler)
-    }
-
     /// Accepts a pending connection the access policy admits, without
     /// waiting: `nil` if none is pending. Running out of descriptors does not
     /// fail it (see ``accept(timeout:)``); while the listener pauses, the
     /// readiness handler is called again after the pause.
-    public func tryAccept() throws(SocketError) -> (connection: AsyncStreamSocket, peer: UnixAddress)? {
-        guard let (handle, peer) = try core.tryAccept(policy: accessPolicy) else { return nil }
+    public func tryAccept() throws(SocketError) -> (connection: AsyncStreamSocket, peer: Endpoint)? {
+        guard let (handle, peer) = try asyncCore.tryAccept(policy: accessPolicy) else { return nil }
         return (try AsyncStreamSocket(core: AsyncCore(handle: handle, loop: connectionLoops.next())), peer)
     }
 }

@@ -32,7 +32,7 @@ public final class AsyncFramedReader: AsyncSequence {
     ///   read's own error) or `CancellationError`.
     public func readFrame(timeout: Duration? = nil) async throws -> [UInt8]? {
         if let failure { throw failure }
-        let deadline = AsyncCore.deadline(after: timeout)
+        let deadline = socket.handle.deadline(timeout, .read)
         while true {
             let step: FrameDecoder.Step
             do throws(FrameDecoder.Failure) { step = try decoder.step() } catch { throw fail(error) }
@@ -40,10 +40,10 @@ public final class AsyncFramedReader: AsyncSequence {
             case .frame(let frame):
                 return frame
             case .read(let room):
-                let count = try await socket.core.perform(
+                let count = try await socket.asyncCore.perform(
                     .read, "read", deadline: deadline, exhausted: AsyncCore.drained(room.count)
                 ) { (fd) throws(SocketError) in
-                    try socket.core.readAttempt(fd, room)
+                    try socket.handle.readAttempt(fd, room)
                 }
                 if count == 0 {
                     do throws(FrameDecoder.Failure) { try decoder.finish() } catch { throw fail(error) }
@@ -55,7 +55,7 @@ public final class AsyncFramedReader: AsyncSequence {
     }
 
     private func fail(_ error: FrameDecoder.Failure) -> SocketError {
-        let failure = socket.core.handle.error("read", code: error.code)
+        let failure = socket.handle.error("read", code: error.code)
         self.failure = failure
         if case .frameTooLong = error.code { try? socket.close() }
         return failure
@@ -86,16 +86,17 @@ extension AsyncStreamSocket {
     ///   can count), `.frameContainsDelimiter`, before anything is sent;
     ///   ``SocketError`` or `CancellationError` while sending.
     public func writeFrame(_ frame: UnsafeRawBufferPointer, format: FrameFormat, timeout: Duration? = nil) async throws {
-        let envelope = try core.handle.envelope(of: frame, format: format)
-        try await core.writeFrame(envelope, deadline: AsyncCore.deadline(after: timeout)) { envelope.send($0, frame, from: $1) }
+        let envelope = try handle.envelope(of: frame, format: format)
+        try await asyncCore.writeFrame(envelope, deadline: handle.deadline(timeout, .write)) { envelope.send($0, frame, from: $1) }
     }
 
     /// Writes `frame` with its length prefix or delimiter.
-    public func writeFrame(_ frame: [UInt8], format: FrameFormat, timeout: Duration? = nil) async throws {
+    public func writeFrame(_ frame: some Sequence<UInt8>, format: FrameFormat, timeout: Duration? = nil) async throws {
+        let frame = Array(frame)
         let envelope = try frame.withUnsafeBytes { buffer in
-            Result { () throws(SocketError) in try core.handle.envelope(of: buffer, format: format) }
+            Result { () throws(SocketError) in try handle.envelope(of: buffer, format: format) }
         }.get()
-        try await core.writeFrame(envelope, deadline: AsyncCore.deadline(after: timeout)) { fd, offset in
+        try await asyncCore.writeFrame(envelope, deadline: handle.deadline(timeout, .write)) { fd, offset in
             frame.withUnsafeBytes { envelope.send(fd, $0, from: offset) }
         }
     }

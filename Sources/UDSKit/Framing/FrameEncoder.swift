@@ -49,7 +49,7 @@ struct FrameEnvelope {
     /// One `sendmsg` of what is left of the frame after its first `offset`
     /// bytes: envelope and body leave in one system call (two iovecs), and a
     /// partial write is continued from where it stopped.
-    func send(_ fd: CInt, _ frame: UnsafeRawBufferPointer, from offset: Int) -> Result<Int, Errno> {
+    func send(_ fd: CInt, _ frame: UnsafeRawBufferPointer, from offset: Int, flags: CInt = 0) -> Result<Int, Errno> {
         withUnsafeBytes(of: bytes) { raw in
             let envelope = UnsafeRawBufferPointer(rebasing: raw[..<count])
             var first = trails ? frame : envelope
@@ -60,7 +60,7 @@ struct FrameEnvelope {
                 second = UnsafeRawBufferPointer(rebasing: second[(offset - first.count)...])
                 first = UnsafeRawBufferPointer(start: nil, count: 0)
             }
-            return Sys.send(fd, first, second)
+            return Sys.send(fd, first, second, flags: flags)
         }
     }
 }
@@ -68,7 +68,9 @@ struct FrameEnvelope {
 extension Sys {
     /// Sends `first` then `second` in one `sendmsg` (a gathering write),
     /// without `SIGPIPE`, as ``send(_:_:flags:)`` does.
-    static func send(_ fd: CInt, _ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) -> Result<Int, Errno> {
+    static func send(
+        _ fd: CInt, _ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer, flags: CInt = 0
+    ) -> Result<Int, Errno> {
         var vectors = (
             iovec(iov_base: UnsafeMutableRawPointer(mutating: first.baseAddress), iov_len: first.count),
             iovec(iov_base: UnsafeMutableRawPointer(mutating: second.baseAddress), iov_len: second.count))
@@ -77,7 +79,7 @@ extension Sys {
                 var message = msghdr()
                 message.msg_iov = vector
                 message.msg_iovlen = .init(2)
-                return sendMessage(fd, &message)
+                return sendMessage(fd, &message, flags: flags)
             }
         }
     }
@@ -94,11 +96,11 @@ extension SocketHandle {
     }
 
     /// Writes one frame of `format`, continuing after partial writes.
-    func writeFrame(_ frame: UnsafeRawBufferPointer, format: FrameFormat) throws(SocketError) {
+    func writeFrame(_ frame: UnsafeRawBufferPointer, format: FrameFormat, deadline: ContinuousClock.Instant?) throws(SocketError) {
         let envelope = try envelope(of: frame, format: format)
         var sent = 0
         while sent < envelope.total {
-            sent += try call("write") { envelope.send($0, frame, from: sent) }
+            sent += try blocking(.write, "write", deadline: deadline) { (fd, flags) in envelope.send(fd, frame, from: sent, flags: flags) }
         }
     }
 }

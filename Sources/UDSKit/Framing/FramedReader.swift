@@ -1,7 +1,7 @@
-/// Reads frames of one ``FrameFormat`` from a blocking stream: a
-/// ``StreamSocket`` or a ``Connection`` (Unix or TCP).
+/// Reads frames of one ``FrameFormat`` from a blocking ``StreamSocket``
+/// (Unix or TCP).
 ///
-///     let reader = connection.frames(.lengthPrefixed(bytes: 4))
+///     let reader = socket.frames(.lengthPrefixed(bytes: 4))
 ///     while let frame = try reader.readFrame() { handle(frame) }
 ///
 /// The reader buffers what it has read past the current frame, so one reader
@@ -31,20 +31,18 @@ public final class FramedReader {
         self.init(handle: socket.handle, format: format)
     }
 
-    /// A reader of `connection`'s frames.
-    public convenience init(_ connection: Connection, format: FrameFormat) {
-        self.init(handle: connection.handle, format: format)
-    }
-
     /// Reads the next frame, without its prefix or delimiter.
     ///
     /// The corresponding C function is `recv`, called for a buffer's worth of
     /// bytes at a time, not per frame.
+    /// - Parameter timeout: How long the whole frame may take; then `.timedOut`,
+    ///   after which the next call goes on with the same frame.
     /// - Returns: The frame; `nil` when the stream ended between frames.
     /// - Throws: ``SocketError``: `.frameTooLong` (the stream is then closed),
     ///   `.unexpectedEndOfStream` after part of a frame, or the read's own error.
-    public func readFrame() throws(SocketError) -> [UInt8]? {
+    public func readFrame(timeout: Duration? = nil) throws(SocketError) -> [UInt8]? {
         if let failure { throw failure }
+        let deadline = handle.deadline(timeout, .read)
         while true {
             let step: FrameDecoder.Step
             do throws(FrameDecoder.Failure) { step = try decoder.step() } catch { throw fail(error) }
@@ -53,7 +51,9 @@ public final class FramedReader {
                 return frame
             case .read(let room):
                 // A failed read (a timeout, say) consumed nothing: calling again resumes the frame.
-                let count = try handle.read(into: room)
+                let count = try handle.blocking(.read, "read", deadline: deadline) { (fd, flags) throws(SocketError) in
+                    try handle.readAttempt(fd, room, flags: flags)
+                }
                 if count == 0 {
                     do throws(FrameDecoder.Failure) { try decoder.finish() } catch { throw fail(error) }
                     return nil
@@ -84,33 +84,14 @@ extension StreamSocket {
     /// frame as two iovecs.
     /// - Throws: `.frameTooLong` past the format's limit (or what its prefix
     ///   can count), `.frameContainsDelimiter`, before anything is sent.
-    public func writeFrame(_ frame: UnsafeRawBufferPointer, format: FrameFormat) throws(SocketError) {
-        try handle.writeFrame(frame, format: format)
+    public func writeFrame(_ frame: UnsafeRawBufferPointer, format: FrameFormat, timeout: Duration? = nil) throws(SocketError) {
+        try handle.writeFrame(frame, format: format, deadline: handle.deadline(timeout, .write))
     }
 
     /// Writes `frame` with its length prefix or delimiter.
-    public func writeFrame(_ frame: some Sequence<UInt8>, format: FrameFormat) throws(SocketError) {
-        try withContiguousBytes(frame) { (buffer) throws(SocketError) in try handle.writeFrame(buffer, format: format) }
-    }
-}
-
-extension Connection {
-    /// A reader of this connection's frames in `format`; see ``FramedReader``.
-    public func frames(_ format: FrameFormat) -> FramedReader { FramedReader(self, format: format) }
-
-    /// Writes `frame` with its length prefix or delimiter, in one system call
-    /// when the connection takes it all at once.
-    ///
-    /// The corresponding C function is `sendmsg`, with the prefix and the
-    /// frame as two iovecs.
-    /// - Throws: `.frameTooLong` past the format's limit (or what its prefix
-    ///   can count), `.frameContainsDelimiter`, before anything is sent.
-    public func writeFrame(_ frame: UnsafeRawBufferPointer, format: FrameFormat) throws(SocketError) {
-        try handle.writeFrame(frame, format: format)
-    }
-
-    /// Writes `frame` with its length prefix or delimiter.
-    public func writeFrame(_ frame: some Sequence<UInt8>, format: FrameFormat) throws(SocketError) {
-        try withContiguousBytes(frame) { (buffer) throws(SocketError) in try handle.writeFrame(buffer, format: format) }
+    public func writeFrame(_ frame: some Sequence<UInt8>, format: FrameFormat, timeout: Duration? = nil) throws(SocketError) {
+        try withContiguousBytes(frame) { (buffer) throws(SocketError) in
+            try handle.writeFrame(buffer, format: format, deadline: handle.deadline(timeout, .write))
+        }
     }
 }

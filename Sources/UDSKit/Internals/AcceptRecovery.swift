@@ -122,7 +122,7 @@ extension SocketHandle {
     /// through the failures ``AcceptRecovery`` lists; blocking listeners
     /// pause by sleeping the thread.
     func acceptRecovering<Accepted>(
-        _ attempt: () throws(SocketError) -> Accepted
+        deadline: ContinuousClock.Instant?, _ attempt: () throws(SocketError) -> Accepted
     ) throws(SocketError) -> Accepted {
         var recovery = AcceptRecovery()
         while true {
@@ -133,8 +133,15 @@ extension SocketHandle {
             } catch {
                 switch recover(from: error, &recovery) {
                 case .retry: continue
-                case .awaitConnection: try awaitConnection()
-                case .pause(let pause): Sys.sleep(for: pause)
+                case .awaitConnection:
+                    try withDescriptor("accept") { (fd) throws(SocketError) in
+                        try awaitReady(fd, .read, "accept", deadline: deadline)
+                    }
+                case .pause(let pause):
+                    if let deadline, ContinuousClock.now.advanced(by: pause) > deadline {
+                        throw self.error("accept", code: .timedOut)
+                    }
+                    Sys.sleep(for: pause)
                 case .fail: throw error
                 }
             }
@@ -148,12 +155,6 @@ extension SocketHandle {
         case awaitConnection
         case pause(Duration)
         case fail
-    }
-
-    /// Blocks until a connection is pending or the listener closes (which
-    /// shuts it down, waking the poll).
-    private func awaitConnection() throws(SocketError) {
-        _ = try call("poll") { Sys.poll($0, forWriting: false, timeoutMilliseconds: -1) }
     }
 
     /// Decides what follows `error` and does the shedding, telling the

@@ -36,17 +36,27 @@ extension SocketHandle {
             let type = FileType(mode: status.st_mode)
             guard type == .socket else { throw SocketError("adopt", address: label, code: .notASocket(type)) }
         }
-        guard case .success(let family) = Sys.socketFamily(fd), family == Sys.unixFamily else {
+        // A byte stream may be TCP; everything else must be a Unix socket.
+        let family = (try? Sys.socketFamily(fd).get()) ?? -1
+        let isTCP = Sys.inetFamilies.contains(family)
+        guard family == Sys.unixFamily || (isTCP && expected.kind == .stream) else {
             throw refuse("not a Unix domain socket; expected \(expected.text)")
         }
-        let kind: SocketKind
+        var kind: SocketKind
         switch Sys.socketKind(fd) {
-        case .success(let found?): kind = found
+        case .success(let found?):
+            kind = found
+            if isTCP {
+                guard found == .stream else { throw refuse("not a TCP stream socket; expected \(expected.text)") }
+                kind = .tcp
+            }
         case .success(nil): throw refuse("a socket of a type UDSKit does not know; expected \(expected.text)")
         case .failure(let errno): throw SocketError("getsockopt(SO_TYPE)", address: label, errno: errno)
         }
         let listening = (try? Sys.isListening(fd).get()) ?? false
-        guard kind == expected.kind, kind == .datagram || listening == expected.listening else {
+        guard kind == expected.kind || (kind == .tcp && expected.kind == .stream),
+            kind == .datagram || listening == expected.listening
+        else {
             let found = Expectation(kind: kind, listening: listening).text
             throw refuse("\(found), not \(expected.text)")
         }
@@ -55,8 +65,17 @@ extension SocketHandle {
             throw SocketError("fcntl", address: label, errno: errno)
         }
         let handle = SocketHandle(descriptor: fd, kind: kind, label: label)
-        if let address = try? handle.localAddress(), address.kind != .unnamed { handle.currentLabel = address.description }
+        if let local = try? handle.localEndpoint(), local.unixAddress?.kind != .unnamed { handle.currentLabel = local.description }
         if listening { ReserveDescriptor.shared.ensureHeld() }
         return handle
+    }
+
+    /// What an adopted listener reports: the kernel's name for it.
+    func adoptedBinding(admitting policy: AccessPolicy) throws(SocketError) -> ListeningBinding {
+        if kind == .tcp && policy.admits != nil {
+            throw error("adopt", code: .invalidArgument("an access policy needs peer credentials, which TCP connections do not carry"))
+        }
+        return ListeningBinding(
+            endpoint: (try? localEndpoint()) ?? .unix(.unnamed), replacedStaleSocket: false, accessPolicy: policy)
     }
 }

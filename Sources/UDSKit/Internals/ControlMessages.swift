@@ -26,7 +26,7 @@ enum ControlMessages {
 
     /// Sends `buffer` with `descriptors` attached, to `address` if given.
     static func send(
-        _ fd: CInt, _ buffer: UnsafeRawBufferPointer, descriptors: [CInt], to address: UnixAddress?
+        _ fd: CInt, _ buffer: UnsafeRawBufferPointer, descriptors: [CInt], to address: UnixAddress?, flags: CInt = 0
     ) -> Result<Int, Errno> {
         let payload = descriptors.count * descriptorSize
         // Darwin requires a null control pointer when there is nothing to send.
@@ -48,11 +48,11 @@ enum ControlMessages {
                     let data = UnsafeMutableRawPointer(cudskit_cmsg_data(header)!)
                     descriptors.withUnsafeBytes { data.copyMemory(from: $0.baseAddress!, byteCount: payload) }
                 }
-                guard let address else { return Sys.sendMessage(fd, &message) }
+                guard let address else { return Sys.sendMessage(fd, &message, flags: flags) }
                 return address.withSockaddr { name, length in
                     message.msg_name = UnsafeMutableRawPointer(mutating: name)
                     message.msg_namelen = length
-                    return Sys.sendMessage(fd, &message)
+                    return Sys.sendMessage(fd, &message, flags: flags)
                 }
             }
         }
@@ -72,7 +72,7 @@ enum ControlMessages {
     /// Received descriptors are close-on-exec (atomically on Linux).
     static func receive(
         _ fd: CInt, into buffer: UnsafeMutableRawBufferPointer,
-        descriptorCapacity: Int, credentials: Bool, wantSender: Bool, messages: Bool
+        descriptorCapacity: Int, credentials: Bool, wantSender: Bool, messages: Bool, flags: CInt = 0
     ) -> Result<Received, Errno> {
         let space = controlSpace(descriptors: descriptorCapacity, credentials: credentials)
         return withUnsafeTemporaryAllocation(byteCount: max(space, 1), alignment: MemoryLayout<cmsghdr>.alignment) { control in
@@ -93,7 +93,7 @@ enum ControlMessages {
                     }
                     // MSG_TRUNC asks for a datagram's full length; on a stream it is not wanted.
                     let lengthFlag = messages ? Sys.reportFullLengthFlag : 0
-                    return Sys.receiveMessage(fd, &message, flags: lengthFlag | cudskit_msg_cmsg_cloexec)
+                    return Sys.receiveMessage(fd, &message, flags: flags | lengthFlag | cudskit_msg_cmsg_cloexec)
                 }
             }
             let count: Int

@@ -102,8 +102,17 @@ extension SocketHandle {
         }
     }
 
+    // MARK: Names
+
+    /// What only a Unix socket has (credentials, descriptors, socket files):
+    /// on TCP it is `.unsupported`, decided here for every type.
+    func requireUnix(_ operation: String, _ what: String) throws(SocketError) {
+        if kind == .tcp { throw error(operation, code: .unsupported("\(what) on TCP is")) }
+    }
+
     func localAddress() throws(SocketError) -> UnixAddress {
-        try withDescriptor("getsockname") { (fd) throws(SocketError) in
+        try requireUnix("getsockname", "a Unix address")
+        return try withDescriptor("getsockname") { (fd) throws(SocketError) in
             try UnixAddress.fromKernel { (address, length) throws(SocketError) in
                 if case .failure(let errno) = Sys.localAddress(fd, address, length) { throw error("getsockname", errno) }
             }
@@ -111,11 +120,26 @@ extension SocketHandle {
     }
 
     func peerAddress() throws(SocketError) -> UnixAddress {
-        try withDescriptor("getpeername") { (fd) throws(SocketError) in
+        try requireUnix("getpeername", "a Unix address")
+        return try withDescriptor("getpeername") { (fd) throws(SocketError) in
             try UnixAddress.fromKernel { (address, length) throws(SocketError) in
                 if case .failure(let errno) = Sys.peerAddress(fd, address, length) { throw error("getpeername", errno) }
             }
         }
+    }
+
+    /// This side's endpoint: a Unix address, or a TCP address and port.
+    func localEndpoint() throws(SocketError) -> Endpoint {
+        guard kind == .tcp else { return .unix(try localAddress()) }
+        let (host, port) = try inetLocalAddress().hostAndPort
+        return .tcp(host: host, port: port)
+    }
+
+    /// The peer's endpoint.
+    func peerEndpoint() throws(SocketError) -> Endpoint {
+        guard kind == .tcp else { return .unix(try peerAddress()) }
+        let (host, port) = try inetPeerAddress().hostAndPort
+        return .tcp(host: host, port: port)
     }
 
     func shutdown(_ direction: ShutdownDirection) throws(SocketError) {
@@ -128,141 +152,77 @@ extension SocketHandle {
         try call("shutdown") { Sys.shutdown($0, how: how) }
     }
 
-    func setTimeout(receive: Bool, _ duration: Duration?) throws(SocketError) {
-        try call("setsockopt") { Sys.setTimeout($0, receive: receive, duration) }
-    }
+    // MARK: One attempt each, shared by the blocking and the async types
+
+    // `flags` is `MSG_DONTWAIT` when a blocking socket waits with a deadline
+    // (see `blocking`); async sockets' descriptors are non-blocking already.
 
     /// Reads stream data. While the socket keeps descriptors, this is a
     /// `recvmsg` that holds on to any descriptors riding on the data.
     @inline(__always)
-    func read(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> Int {
+    func readAttempt(_ fd: CInt, _ buffer: UnsafeMutableRawBufferPointer, flags: CInt = 0) throws(SocketError) -> Result<Int, Errno> {
+        let result: Result<Int, Errno>
         if keepsDescriptors.load(ordering: .relaxed) {
-            return try receiveMessage(into: buffer, wantSender: false).count
+            result = try messageAttempt(fd, buffer, wantSender: false, flags: flags).map(\.count)
+        } else {
+            result = Sys.receive(fd, buffer, flags: flags)
         }
-        let count = try call("read") { Sys.receive($0, buffer) }
-        // close() on another thread shuts the socket down to wake this call,
-        // which then returns 0: that is not the peer's end of the stream.
-        if count == 0 && isClosed { throw error("read", code: .closed) }
-        return count
+        // close() on another thread shuts the socket down to wake readers,
+        // which then read 0: that is not the peer's end of the stream.
+        if case .success(0) = result, isClosed { throw error("read", code: .closed) }
+        return result
     }
 
     @inline(__always)
-    func write(_ buffer: UnsafeRawBufferPointer) throws(SocketError) -> Int {
-        try call("write") { Sys.send($0, buffer) }
+    func writeAttempt(_ fd: CInt, _ buffer: UnsafeRawBufferPointer, flags: CInt = 0) -> Result<Int, Errno> {
+        Sys.send(fd, buffer, flags: flags)
     }
 
-    /// Sends every byte, continuing after partial writes.
-    func writeAll(_ buffer: UnsafeRawBufferPointer) throws(SocketError) {
-        var remaining = buffer
-        while !remaining.isEmpty {
-            let written = try write(remaining)
-            remaining = UnsafeRawBufferPointer(rebasing: remaining[written...])
-        }
+    func sendAttempt(_ fd: CInt, _ buffer: UnsafeRawBufferPointer, to address: UnixAddress?, flags: CInt = 0) -> Result<Int, Errno> {
+        guard let address else { return Sys.send(fd, buffer, flags: flags) }
+        return address.withSockaddr { Sys.send(fd, buffer, to: $0, $1, flags: flags) }
     }
 
-    /// Reads what has arrived, up to `maximumCount` bytes, as an array.
-    func read(upTo maximumCount: Int) throws(SocketError) -> [UInt8] {
-        try [UInt8](unsafeUninitializedCapacity: maximumCount) { (buffer, initialized) throws(SocketError) in
-            initialized = try read(into: UnsafeMutableRawBufferPointer(buffer))
-        }
-    }
-
-    /// Reads exactly `count` bytes as an array, or fails with `.unexpectedEndOfStream`.
-    func readExactly(_ count: Int) throws(SocketError) -> [UInt8] {
-        try [UInt8](unsafeUninitializedCapacity: count) { (buffer, initialized) throws(SocketError) in
-            try readExactly(into: UnsafeMutableRawBufferPointer(buffer))
-            initialized = count
-        }
-    }
-
-    /// Receives one message of at most `maximumSize` bytes as an array, with its receipt.
-    func receiveMessage(maximumSize: Int, wantSender: Bool) throws(SocketError) -> (bytes: [UInt8], receipt: ReceivedMessage) {
-        var receipt = ReceivedMessage(count: 0, isTruncated: false)
-        let bytes = try [UInt8](unsafeUninitializedCapacity: maximumSize) { (buffer, initialized) throws(SocketError) in
-            receipt = try receiveMessage(into: UnsafeMutableRawBufferPointer(buffer), wantSender: wantSender)
-            initialized = receipt.count
-        }
-        return (bytes, receipt)
-    }
-
-    /// Fills `buffer` completely, or fails with `.unexpectedEndOfStream`.
-    func readExactly(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) {
-        var filled = 0
-        while filled < buffer.count {
-            let count = try read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...]))
-            if count == 0 {
-                throw error("read", code: .unexpectedEndOfStream(received: filled, expected: buffer.count))
-            }
-            filled += count
-        }
-    }
-
-    /// Receives one message and, if asked, its sender; reports truncation.
-    /// Descriptors that come with it are kept for `receiveWithDescriptors`.
-    /// What receive errors name: a stream is read, whatever call does it.
-    var receiveOperation: String { kind == .stream ? "read" : "recvmsg" }
-
-    func receiveMessage(
-        into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool
-    ) throws(SocketError) -> ReceivedMessage {
+    /// Receives one message; descriptors that come with it are kept for
+    /// `receiveWithDescriptors` when the socket keeps them.
+    func messageAttempt(
+        _ fd: CInt, _ buffer: UnsafeMutableRawBufferPointer, wantSender: Bool, flags: CInt = 0
+    ) throws(SocketError) -> Result<ReceivedMessage, Errno> {
         let capacity = keepsDescriptors.load(ordering: .relaxed) ? ControlMessages.maximumDescriptors : 0
-        let (message, descriptors) = try receive(into: buffer, wantSender: wantSender, descriptorCapacity: capacity)
-        if !descriptors.isEmpty { keep(descriptors) }
-        return message
-    }
-
-    /// Receives one message with the descriptors that came with it, after any
-    /// that earlier plain reads kept.
-    func receiveWithDescriptors(
-        into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool
-    ) throws(SocketError) -> (ReceivedMessage, [ReceivedDescriptor]) {
-        let earlier = try takeKept()
-        do {
-            let (message, descriptors) = try receive(
-                into: buffer, wantSender: wantSender, descriptorCapacity: ControlMessages.maximumDescriptors)
-            return (message, earlier + descriptors)
-        } catch {
-            restoreKept(earlier)
-            throw error
+        switch try receiveAttempt(fd, into: buffer, wantSender: wantSender, descriptorCapacity: capacity, flags: flags) {
+        case .success(let (message, descriptors)):
+            if !descriptors.isEmpty { keep(descriptors) }
+            return .success(message)
+        case .failure(let errno):
+            return .failure(errno)
         }
     }
 
-    /// Puts back what `takeKept` took: a failed receive (a timeout, say) must
-    /// not lose what plain reads kept.
-    func restoreKept(_ earlier: [ReceivedDescriptor]) {
-        if !earlier.isEmpty { kept.withLock { $0.descriptors = earlier + $0.descriptors } }
+    /// Sends `buffer` with `descriptors` attached (to `address` if given);
+    /// `validate` them first.
+    func sendWithDescriptorsAttempt(
+        _ fd: CInt, _ buffer: UnsafeRawBufferPointer, _ descriptors: [CInt], to address: UnixAddress?, flags: CInt = 0
+    ) -> Result<Int, Errno> {
+        ControlMessages.send(fd, buffer, descriptors: descriptors, to: address, flags: flags)
     }
 
-    /// One `recvmsg`, with room for `descriptorCapacity` descriptors and, if
-    /// enabled, credentials. Every descriptor is owned at once, so an error
-    /// thrown here closes them.
-    private func receive(
-        into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool, descriptorCapacity: Int
-    ) throws(SocketError) -> (ReceivedMessage, [ReceivedDescriptor]) {
-        try withDescriptor(receiveOperation) { (fd) throws(SocketError) in
-            switch try receiveAttempt(fd, into: buffer, wantSender: wantSender, descriptorCapacity: descriptorCapacity) {
-            case .success(let received): return received
-            case .failure(let errno): throw error(receiveOperation, errno)
-            }
-        }
-    }
-
-    /// One `recvmsg` on `fd`: the kernel's refusal as a value (the async layer
-    /// waits on would-block), everything else decided here.
+    /// One `recvmsg` on `fd`: the kernel's refusal as a value (the callers
+    /// wait on would-block), everything else decided here. Every descriptor
+    /// is owned at once, so an error thrown here closes them.
     func receiveAttempt(
-        _ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool, descriptorCapacity: Int
+        _ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool, descriptorCapacity: Int, flags: CInt = 0
     ) throws(SocketError) -> Result<(ReceivedMessage, [ReceivedDescriptor]), Errno> {
         let credentials = receivesCredentials.load(ordering: .relaxed)
         let received: ControlMessages.Received
         switch ControlMessages.receive(
             fd, into: buffer, descriptorCapacity: descriptorCapacity, credentials: credentials,
-            wantSender: wantSender, messages: kind != .stream)
+            wantSender: wantSender, messages: kind != .stream && kind != .tcp, flags: flags)
         {
         case .success(let value): received = value
         case .failure(let errno): return .failure(errno)
         }
         let descriptors = received.descriptors.map(ReceivedDescriptor.init)
-        // Woken by close() on another thread (see `read`): not an empty message.
+        // Woken by close() on another thread (see `readAttempt`): not an empty message.
         if received.count == 0 && isClosed {
             descriptors.forEach { $0.close() }
             throw error(receiveOperation, code: .closed)
@@ -280,6 +240,9 @@ extension SocketHandle {
             credentials: received.credentials)
         return .success((message, descriptors))
     }
+
+    /// What receive errors name: a stream is read, whatever call does it.
+    var receiveOperation: String { kind == .stream || kind == .tcp ? "read" : "recvmsg" }
 
     func keep(_ descriptors: [ReceivedDescriptor]) {
         kept.withLock { kept in
@@ -305,27 +268,106 @@ extension SocketHandle {
         return descriptors
     }
 
-    /// Sends `buffer` with `descriptors` attached, to `address` if given.
-    func send(
-        _ buffer: UnsafeRawBufferPointer, descriptors: [CInt], to address: UnixAddress?, needsData: Bool
-    ) throws(SocketError) -> Int {
-        try validate(descriptors, with: buffer, needsData: needsData)
-        return try call("sendmsg") { ControlMessages.send($0, buffer, descriptors: descriptors, to: address) }
+    /// Puts back what `takeKept` took: a failed receive (a timeout, say) must
+    /// not lose what plain reads kept.
+    func restoreKept(_ earlier: [ReceivedDescriptor]) {
+        if !earlier.isEmpty { kept.withLock { $0.descriptors = earlier + $0.descriptors } }
     }
 
     /// Checks, before any system call, that `descriptors` can travel with `buffer`.
-    func validate(_ descriptors: [CInt], with buffer: UnsafeRawBufferPointer, needsData: Bool) throws(SocketError) {
+    func validate(_ descriptors: [FileDescriptor], with buffer: UnsafeRawBufferPointer, needsData: Bool) throws(SocketError) -> [CInt] {
+        try requireUnix("sendmsg", "passing descriptors")
         if descriptors.count > ControlMessages.maximumDescriptors {
             throw error("sendmsg", code: .tooManyDescriptors(count: descriptors.count, limit: ControlMessages.maximumDescriptors))
         }
         if needsData && buffer.isEmpty && !descriptors.isEmpty {
             throw error("sendmsg", code: .invalidArgument("descriptors need at least one byte of data to travel with"))
         }
+        return descriptors.map(\.rawValue)
     }
+
+    // MARK: Blocking
+
+    /// Runs `attempt` on a blocking socket. Without a deadline the call blocks
+    /// in the kernel, as in C. With one, `poll` waits for readiness until the
+    /// deadline and the call is made with `MSG_DONTWAIT`, so another thread
+    /// that took the data first cannot make it wait past the deadline (the
+    /// descriptor's own flags, which another process may share, are left
+    /// alone). A descriptor that is non-blocking anyway waits in `poll` too.
+    func blocking<R>(
+        _ direction: Registration.Direction, _ operation: String, deadline: ContinuousClock.Instant?,
+        naming destination: String? = nil, _ attempt: (CInt, CInt) throws(SocketError) -> Result<R, Errno>
+    ) throws(SocketError) -> R {
+        try withDescriptor(operation) { (fd) throws(SocketError) in
+            let flags = deadline == nil ? 0 : Sys.dontWaitFlag
+            while true {
+                if deadline != nil { try awaitReady(fd, direction, operation, deadline: deadline) }
+                switch try attempt(fd, flags) {
+                case .success(let value): return value
+                case .failure(.wouldBlock):
+                    // Woken by close() on another thread, which shut the socket down.
+                    if isClosed { throw error(operation, code: .closed) }
+                    // Without a deadline a blocking descriptor says EAGAIN only
+                    // when its own SO_RCVTIMEO/SO_SNDTIMEO ran out.
+                    guard deadline == nil, Sys.isNonBlocking(fd) else {
+                        if deadline == nil { throw error(operation, code: .timedOut) }
+                        continue
+                    }
+                    try awaitReady(fd, direction, operation, deadline: nil)
+                case .failure(let errno): throw error(operation, errno, naming: destination)
+                }
+            }
+        }
+    }
+
+    /// Waits in `poll` until `fd` is ready in `direction` (or hung up: a
+    /// close on another thread shuts the socket down), or fails with
+    /// `.timedOut` at `deadline`.
+    func awaitReady(
+        _ fd: CInt, _ direction: Registration.Direction, _ operation: String, deadline: ContinuousClock.Instant?
+    ) throws(SocketError) {
+        while true {
+            var milliseconds: CInt = -1
+            if let deadline {
+                let remaining = ContinuousClock.now.duration(to: deadline)
+                if remaining <= .zero { throw error(operation, code: .timedOut) }
+                milliseconds = CInt(clamping: remaining.roundedUpMilliseconds)
+            }
+            switch Sys.poll(fd, forWriting: direction == .write, timeoutMilliseconds: milliseconds) {
+            case .success(true): return
+            case .success(false): continue
+            case .failure(let errno): throw error("poll", errno)
+            }
+        }
+    }
+
+    /// Receives with room for the kernel's limit of descriptors, after those
+    /// that plain reads kept; on failure the kept ones are put back.
+    func receiveWithDescriptors(
+        into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool, deadline: ContinuousClock.Instant?
+    ) throws(SocketError) -> (ReceivedMessage, [ReceivedDescriptor]) {
+        try requireUnix(receiveOperation, "passing descriptors")
+        let earlier = try takeKept()
+        do throws(SocketError) {
+            let (message, descriptors) = try blocking(.read, receiveOperation, deadline: deadline) {
+                (fd, flags) throws(SocketError) in
+                try receiveAttempt(
+                    fd, into: buffer, wantSender: wantSender, descriptorCapacity: ControlMessages.maximumDescriptors,
+                    flags: flags)
+            }
+            return (message, earlier + descriptors)
+        } catch {
+            restoreKept(earlier)
+            throw error
+        }
+    }
+
+    // MARK: Credentials
 
     /// The peer's credentials. The corresponding C call is `getsockopt(SO_PEERCRED)`
     /// on Linux, `getpeereid` and `LOCAL_PEERPID` on Darwin.
     func peerCredentials() throws(SocketError) -> PeerCredentials {
+        try requireUnix("getpeercred", "peer credentials")
         var credentials = try call("getpeercred") { Sys.peerCredentials($0) }
         // Where the kernel has them; their absence is not an error.
         credentials.supplementaryGroups = try? call("getsockopt(SO_PEERGROUPS)") { Sys.peerGroups($0) }
@@ -335,6 +377,7 @@ extension SocketHandle {
 
     /// The peer process, by pidfd (Linux 6.5+).
     func peerProcess() throws(SocketError) -> PeerProcess {
+        try requireUnix("getsockopt(SO_PEERPIDFD)", "a peer process")
         #if os(Linux)
         let pidfd = try call("getsockopt(SO_PEERPIDFD)") { Sys.peerProcessDescriptor($0) }
         guard let pid = Sys.processID(ofPidfd: pidfd) else {
@@ -348,18 +391,9 @@ extension SocketHandle {
     }
 
     func setReceivesCredentials(_ on: Bool) throws(SocketError) {
+        try requireUnix("setsockopt(SO_PASSCRED)", "receiving credentials")
         try call("setsockopt(SO_PASSCRED)") { Sys.setPassCredentials($0, on) }
         receivesCredentials.store(on, ordering: .relaxed)
-    }
-
-    func send(_ buffer: UnsafeRawBufferPointer, to address: UnixAddress) throws(SocketError) -> Int {
-        try withDescriptor("sendto") { (fd) throws(SocketError) in
-            let result = address.withSockaddr { Sys.send(fd, buffer, to: $0, $1) }
-            switch result {
-            case .success(let count): return count
-            case .failure(let errno): throw SocketError("sendto", address: address.description, errno: errno)
-            }
-        }
     }
 }
 
@@ -415,26 +449,54 @@ extension SocketHandle {
 
     /// Accepts the next connection the policy admits; refused peers are told
     /// to the policy's handler and closed at once. Failures the kernel
-    /// recovers from (see ``AcceptRecovery``) do not end it.
-    func accept(admitting policy: AccessPolicy) throws(SocketError) -> (SocketHandle, UnixAddress) {
+    /// recovers from (see ``AcceptRecovery``) do not end it. A blocking
+    /// listener's descriptor stays blocking (it may be shared with another
+    /// process, which expects it so): with a deadline, `poll` waits for a
+    /// connection, and if another thread takes that one first, the accept
+    /// waits for the next.
+    func accept(admitting policy: AccessPolicy, deadline: ContinuousClock.Instant?) throws(SocketError) -> (SocketHandle, Endpoint) {
         while true {
-            let (connection, peer) = try acceptRecovering { () throws(SocketError) in try accept() }
+            let (connection, peer) = try acceptRecovering(deadline: deadline) { () throws(SocketError) in
+                try blocking(.read, "accept", deadline: deadline) { (fd, _) throws(SocketError) in
+                    try acceptAttempt(fd, nonBlocking: false)
+                }
+            }
             if admit(connection, by: policy) { return (connection, peer) }
         }
     }
 
-    /// Accepts one connection: a new handle, close-on-exec, and the peer's address.
-    func accept() throws(SocketError) -> (SocketHandle, UnixAddress) {
+    /// One `accept`: a new handle, close-on-exec (and for TCP with
+    /// `TCP_NODELAY` on), and the peer's endpoint.
+    func acceptAttempt(_ fd: CInt, nonBlocking: Bool) throws(SocketError) -> Result<(SocketHandle, Endpoint), Errno> {
         var accepted: CInt = -1
-        let peer = try withDescriptor("accept") { (fd) throws(SocketError) in
-            try UnixAddress.fromKernel { (address, length) throws(SocketError) in
-                switch Sys.accept(fd, address, length) {
-                case .success(let newFD): accepted = newFD
-                case .failure(let errno): throw error("accept", errno)
-                }
+        var failure: Errno?
+        func acceptInto(_ address: UnsafeMutablePointer<sockaddr>, _ length: UnsafeMutablePointer<socklen_t>) {
+            switch Sys.accept(fd, address, length, nonBlocking: nonBlocking) {
+            case .success(let newFD): accepted = newFD
+            case .failure(let errno): failure = errno
             }
         }
-        return (SocketHandle(descriptor: accepted, kind: kind, label: currentLabel), peer)
+        let peer: Endpoint
+        if kind == .tcp {
+            let address = InetAddress.fromKernel(acceptInto)
+            if let failure { return .failure(failure) }
+            let (host, port) = address.hostAndPort
+            peer = .tcp(host: host, port: port)
+        } else {
+            let address = UnixAddress.fromKernel(acceptInto)
+            if let failure { return .failure(failure) }
+            peer = .unix(address)
+        }
+        let connection = SocketHandle(descriptor: accepted, kind: kind, label: currentLabel)
+        if kind == .tcp {
+            do throws(SocketError) {
+                try connection.setNoDelay(true)
+            } catch {
+                try? connection.close()
+                throw error
+            }
+        }
+        return .success((connection, peer))
     }
 }
 
@@ -448,4 +510,15 @@ func withContiguousBytes<R>(
         Result { () throws(SocketError) -> R in try body(buffer) }
     }
     return try result.get()
+}
+
+extension Duration {
+    /// Whole milliseconds, rounded up: a wait of 0.3 ms must not become 0,
+    /// which `poll` takes as "do not wait".
+    var roundedUpMilliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        let perMillisecond: Int64 = 1_000_000_000_000_000
+        let (milliseconds, rest) = attoseconds.quotientAndRemainder(dividingBy: perMillisecond)
+        return seconds.multipliedReportingOverflow(by: 1000).partialValue + milliseconds + (rest > 0 ? 1 : 0)
+    }
 }

@@ -30,6 +30,10 @@ final class SocketHandle: Sendable {
     let logger = Mutex<Logger?>(nil)
     /// Descriptors kept from plain reads, and how many were closed for lack of room.
     let kept = Mutex<KeptDescriptors>(KeptDescriptors())
+    /// The timeouts of operations that name none (`setReadTimeout`), in
+    /// nanoseconds; negative: none.
+    private let defaultReadTimeout = Atomic<Int64>(-1)
+    private let defaultWriteTimeout = Atomic<Int64>(-1)
 
     init(descriptor: CInt, kind: SocketKind, label: String? = nil) {
         self.descriptor = descriptor
@@ -50,12 +54,14 @@ final class SocketHandle: Sendable {
         set { label.withLock { $0 = newValue } }
     }
 
-    func error(_ operation: String, _ errno: Errno) -> SocketError {
+    /// - Parameter destination: What the error names instead of this socket
+    ///   (a datagram's destination).
+    func error(_ operation: String, _ errno: Errno, naming destination: String? = nil) -> SocketError {
         // A call that failed because another thread closed the socket (which
         // shuts it down to wake this one) reports that, not EINVAL or EPIPE.
         let code: SocketError.Code =
             isClosed ? .closed : errno == .wouldBlock ? .timedOut : .system(errno)
-        return SocketError(operation, address: currentLabel, code: code)
+        return SocketError(operation, address: destination ?? currentLabel, code: code)
     }
 
     func error(_ operation: String, code: SocketError.Code) -> SocketError {
@@ -123,6 +129,54 @@ final class SocketHandle: Sendable {
         case .alreadyClosed:
             break
         }
+    }
+}
+
+extension SocketHandle {
+    /// The deadline of an operation in `direction`: `timeout` from now, or
+    /// if it names none, the socket's default for that direction.
+    @inline(__always)
+    func deadline(_ timeout: Duration?, _ direction: Registration.Direction) -> ContinuousClock.Instant? {
+        if let timeout { return ContinuousClock.now.advanced(by: timeout) }
+        let nanoseconds =
+            direction == .read
+            ? defaultReadTimeout.load(ordering: .relaxed) : defaultWriteTimeout.load(ordering: .relaxed)
+        return nanoseconds < 0 ? nil : ContinuousClock.now.advanced(by: .nanoseconds(nanoseconds))
+    }
+
+    func setDefaultTimeout(_ timeout: Duration?, _ direction: Registration.Direction) throws(SocketError) {
+        let operation = direction == .read ? "setReadTimeout" : "setWriteTimeout"
+        guard !isClosed else { throw error(operation, code: .closed) }
+        var nanoseconds: Int64 = -1
+        if let timeout {
+            guard timeout > .zero else { throw error(operation, code: .invalidArgument("a timeout must be positive")) }
+            let (seconds, attoseconds) = timeout.components
+            nanoseconds = seconds.multipliedReportingOverflow(by: 1_000_000_000).partialValue + attoseconds / 1_000_000_000
+        }
+        if direction == .read {
+            defaultReadTimeout.store(nanoseconds, ordering: .relaxed)
+        } else {
+            defaultWriteTimeout.store(nanoseconds, ordering: .relaxed)
+        }
+    }
+
+    /// Gives the descriptor up: from here on every operation fails with
+    /// `.closed`, nothing is closed or removed, and the caller owns the number.
+    /// Refused while another call is using it, since that call would go on
+    /// using a number that is no longer this handle's.
+    func release() throws(SocketError) -> CInt {
+        guard gate.closeIfIdle() else {
+            if isClosed { throw error("release", code: .closed) }
+            throw error("release", code: .invalidArgument("another call is still using the socket"))
+        }
+        // The new owner decides about the socket file.
+        boundFile.withLock { $0 = nil }
+        // Descriptors kept from plain reads came with data, not with the socket.
+        kept.withLock { kept in
+            defer { kept = KeptDescriptors() }
+            return kept.descriptors
+        }.forEach { $0.close() }
+        return descriptor
     }
 }
 

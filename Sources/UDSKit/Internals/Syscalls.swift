@@ -184,9 +184,9 @@ enum Sys {
 
     static func send(
         _ fd: CInt, _ buffer: UnsafeRawBufferPointer,
-        to address: UnsafePointer<sockaddr>, _ length: socklen_t
+        to address: UnsafePointer<sockaddr>, _ length: socklen_t, flags: CInt = 0
     ) -> Result<Int, Errno> {
-        valueOrErrno { sendto(fd, buffer.baseAddress, buffer.count, noSignalFlag, address, length) }
+        valueOrErrno { sendto(fd, buffer.baseAddress, buffer.count, flags | noSignalFlag, address, length) }
     }
 
     static func receive(_ fd: CInt, _ buffer: UnsafeMutableRawBufferPointer, flags: CInt = 0) -> Result<Int, Errno> {
@@ -212,6 +212,8 @@ enum Sys {
     }
 
     static let truncatedFlag = CInt(MSG_TRUNC)
+    /// Makes one call on a blocking socket return `EAGAIN` instead of waiting.
+    static let dontWaitFlag = CInt(MSG_DONTWAIT)
     static let controlTruncatedFlag = CInt(MSG_CTRUNC)
 
     private static var noSignalFlag: CInt {
@@ -274,6 +276,7 @@ enum Sys {
     }
 
     static let unixFamily = CInt(AF_UNIX)
+    static let inetFamilies: Set<CInt> = [CInt(AF_INET), CInt(AF_INET6)]
 
     /// The address family a socket was made with.
     static func socketFamily(_ fd: CInt) -> Result<CInt, Errno> {
@@ -302,6 +305,10 @@ enum Sys {
         let flags = fcntl(fd, F_GETFD)
         if flags == -1 { return .failure(Errno(rawValue: errno)) }
         return nothingOrErrno { fcntl(fd, F_SETFD, flags | FD_CLOEXEC) }
+    }
+
+    static func isNonBlocking(_ fd: CInt) -> Bool {
+        fcntl(fd, F_GETFL) & O_NONBLOCK != 0
     }
 
     static func setNonBlocking(_ fd: CInt, _ on: Bool) -> Result<Void, Errno> {

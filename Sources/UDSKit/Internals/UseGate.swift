@@ -49,5 +49,11 @@ struct UseGate: ~Copyable, Sendable {
         return previous == 0 ? .closeNow : .usersInside
     }
 
+    /// Stops new entries if nobody is inside and nobody closed: the
+    /// descriptor then belongs to the caller, who must not close it here.
+    func closeIfIdle() -> Bool {
+        state.compareExchange(expected: 0, desired: 1, ordering: .acquiringAndReleasing).exchanged
+    }
+
     var isClosed: Bool { state.load(ordering: .relaxed) & 1 != 0 }
 }

@@ -97,9 +97,8 @@ public final class AsyncServer<Listener: ServableListener>: Sendable {
         self.logger = logger
         self.onConnectionError = onConnectionError
         self.handler = handler
-        if let logger, let lending = listener as? any LendsLoggerToHandle {
-            lending.listenerHandle.adoptLogger(logger)
-        }
+        // An adopted listener (socket activation) had no BindOptions to name one.
+        if let logger, let socket = listener as? Socket { socket.handle.adoptLogger(logger) }
     }
 
     /// Whether shutdown has begun.

@@ -35,17 +35,3 @@ extension AsyncStreamListener: ServableListener {}
 extension AsyncSeqpacketListener: ServableListener {}
 extension AsyncStreamSocket: ServableConnection {}
 extension AsyncSeqpacketSocket: ServableConnection {}
-
-/// Listeners whose handle a server can lend its logger to: an adopted
-/// listener (socket activation) was given no ``BindOptions/logger``.
-protocol LendsLoggerToHandle {
-    var listenerHandle: SocketHandle { get }
-}
-
-extension AsyncStreamListener: LendsLoggerToHandle {
-    var listenerHandle: SocketHandle { core.handle }
-}
-
-extension AsyncSeqpacketListener: LendsLoggerToHandle {
-    var listenerHandle: SocketHandle { core.handle }
-}
