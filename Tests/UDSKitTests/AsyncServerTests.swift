@@ -310,6 +310,30 @@ struct AsyncServerTests {
         try await running.value
     }
 
+    @Test func aTCPServerFinishesItsRequestAndThenRefusesConnects() async throws {
+        let listener = try AsyncStreamListener.bind(to: Endpoint.tcp(host: "127.0.0.1", port: 0))
+        let endpoint = try listener.localEndpoint()
+        let requests = ServerTestFlag()
+        let server = AsyncStreamServer(listener: listener) { connection, _, context in
+            let request = try await connection.read(upTo: 16)
+            requests.set()
+            await context.waitUntilShuttingDown()
+            try await connection.writeAll(request)
+        }
+        let running = Task { try await server.run() }
+        let client = try await AsyncStreamSocket.connect(to: endpoint)
+        try await client.writeAll(Array("tcp".utf8))
+        try await requests.wait()
+        server.shutdown(gracePeriod: endsRatherThanHangs)
+        #expect(try await client.read(upTo: 16, timeout: endsRatherThanHangs) == Array("tcp".utf8))
+        try await running.value
+        let error = await #expect(throws: SocketError.self) {
+            try await AsyncStreamSocket.connect(to: endpoint, timeout: endsRatherThanHangs)
+        }
+        #expect(error?.errno == .connectionRefused)
+        try client.close()
+    }
+
     @Test func aSeqpacketServerEchoesAndShutsDown() async throws {
         let address = try uniqueAbstractAddress("seqpacket")
         let listener = try AsyncSeqpacketListener.bind(to: address)
