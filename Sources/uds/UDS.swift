@@ -63,7 +63,7 @@ struct UDS: AsyncParsableCommand {
                 // saw a double free): give the signal's action, which may be
                 // exiting, time to finish, then exit as the rule says.
                 try? await Task.sleep(for: .seconds(5))
-                Foundation.exit(0)
+                ShutdownSignals.exitProcess(0)
             }
             exitReporting(error)
         }
