@@ -2,10 +2,11 @@
 /// TCP host and port.
 ///
 /// A program written for one moves to the other by changing the address
-/// text, since ``Connection`` and ``EndpointListener`` work the same over both:
+/// text, since ``StreamSocket`` and ``StreamListener`` (and their async twins)
+/// work the same over both:
 ///
 ///     let service = try Endpoint("/run/app.sock")       // or "tcp:db.example:5432"
-///     let connection = try Connection.connect(to: service)
+///     let connection = try StreamSocket.connect(to: service)
 ///
 /// The text forms, which ``init(_:)`` parses and ``description`` prints:
 ///
@@ -18,7 +19,7 @@
 /// | `tcp:PORT` | TCP on the IPv4 loopback address, `127.0.0.1` |
 ///
 /// In paths and names, `\\` is a backslash and `\xNN` the byte NN, as in
-/// ``UnixAddress/init(_:)``.
+/// ``UnixAddress/init(_:)-(String)``.
 public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     /// The two kinds of endpoint.
     public enum Kind: Hashable, Sendable {
@@ -43,7 +44,7 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// A TCP host and port. The host is resolved when connecting or binding;
-    /// port 0 in a listener means "any free port" (see ``EndpointListener/localEndpoint()``).
+    /// port 0 in a listener means "any free port" (see ``Socket/localEndpoint()``).
     public static func tcp(host: String, port: UInt16) -> Endpoint {
         Endpoint(kind: .tcp(host: host, port: port))
     }

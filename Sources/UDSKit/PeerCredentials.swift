@@ -53,7 +53,7 @@ public struct PeerCredentials: Hashable, Sendable, CustomStringConvertible {
 
 /// Which peers a listener accepts, judged by their credentials.
 ///
-/// A refused peer's connection is closed at once, before ``StreamListener/accept()``
+/// A refused peer's connection is closed at once, before ``StreamListener/accept(timeout:)``
 /// returns, and the policy's `onRefusal` handler is told who it was.
 ///
 ///     let policy = AccessPolicy.users([0, 1000]) { refused in log("refused \(refused)") }

@@ -48,7 +48,11 @@ public final class SeqpacketSocket: Socket, MessageSocket, @unchecked Sendable {
     }
 
     /// Connects to a seqpacket listener, optionally binding `localAddress` first.
-    /// - Parameter timeout: How long to wait for room in a full backlog; `nil` waits.
+    /// - Parameters:
+    ///   - address: The listener's path or abstract name.
+    ///   - localAddress: An address to bind first; its file is removed on close.
+    ///   - bindOptions: How to bind `localAddress`.
+    ///   - timeout: How long to wait for room in a full backlog; `nil` waits.
     public static func connect(
         to address: some EndpointConvertible, from localAddress: UnixAddress? = nil,
         bindOptions: BindOptions = BindOptions(), timeout: Duration? = nil

@@ -46,7 +46,7 @@ public struct SocketError: Error, Hashable, Sendable, CustomStringConvertible {
         /// (`MSG_CTRUNC`); every one that did arrive was closed.
         case descriptorsTruncated
         /// Descriptors arrived with data read by a plain read, more than a
-        /// socket keeps for a later ``StreamSocket/receiveWithDescriptors(into:)``;
+        /// socket keeps for a later ``StreamSocket/receiveWithDescriptors(into:timeout:)``;
         /// the excess was closed.
         case descriptorsDiscarded(count: Int)
         /// This platform lacks the feature (seqpacket or abstract names on macOS).

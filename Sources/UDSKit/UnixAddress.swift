@@ -138,7 +138,7 @@ public struct UnixAddress: Hashable, Sendable, CustomStringConvertible {
         kind == .abstract ? bytes : nil
     }
 
-    /// The text form: one line of text that ``init(_:)`` parses back to this
+    /// The text form: one line of text that ``init(_:)-(String)`` parses back to this
     /// address, for every path and abstract name.
     ///
     /// - A path prints as itself, except that a backslash is `\\`, and bytes
@@ -146,7 +146,7 @@ public struct UnixAddress: Hashable, Sendable, CustomStringConvertible {
     ///   a leading `@` is `\x40`, so it does not read as an abstract name.
     /// - An abstract name prints as `@` and the name, with every byte outside
     ///   printable ASCII (space included) written `\xNN`: names are often binary.
-    /// - The unnamed address prints `(unnamed)`, which ``init(_:)`` rejects
+    /// - The unnamed address prints `(unnamed)`, which ``init(_:)-(String)`` rejects
     ///   rather than parse: it names nothing to bind or connect to. A path
     ///   spelled `(unnamed)` prints `\x28unnamed)`.
     public var description: String {

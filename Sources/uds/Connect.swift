@@ -226,6 +226,9 @@ struct Listen: ParsableCommand, HandlesShutdownSignals {
     @OptionGroup(title: "Dump")
     var dumpOptions: DumpOptions
 
+    @OptionGroup(title: "Access and activation")
+    var serving: ServingOptions
+
     func validate() throws {
         try OptionRange.seconds.check("--linger", linger)
         try FrameOptions.check(frame, maxFrame: maxFrame)
@@ -241,20 +244,29 @@ struct Listen: ParsableCommand, HandlesShutdownSignals {
             Console.standardError.line("uds: listen: \(address) is not an address to listen on")
             throw ExitCode(64)
         }
-        try requireBindable(endpoint)
         let options = BindOptions(permissions: mode?.permissions)
+        let policy = serving.accessPolicy
         let format = FrameOptions.format(frame, maxFrame: maxFrame)
-        let router = InputRouter(lines: type == .seqpacket || format != nil)
         let dump = try dumpOptions.makeDump()
         do {
+            // A socket a service manager passed wins over the address.
+            let passed = try serving.passedSocket()
+            if passed == nil { try requireBindable(endpoint) }
+            let type = passed.flatMap(ServingOptions.type(of:)) ?? self.type
+            let router = InputRouter(lines: type == .seqpacket || format != nil)
             let accept: () throws -> any Session
             let close: @Sendable () -> Void
             let shown: String
             switch type {
+            case .dgram where passed != nil:
+                Console.standardError.line("uds: listen: the activated socket is a datagram socket: serve it with uds recv")
+                throw ExitCode(64)
             case .stream, .dgram:
-                let listener = try StreamListener.bind(to: endpoint, options: options)
+                let listener = try ServingOptions.adopt(
+                    passed, { (descriptor) throws(SocketError) in try StreamListener(adopting: descriptor, admitting: policy) },
+                    orBind: { () throws(SocketError) in try StreamListener.bind(to: endpoint, options: options, admitting: policy) })
                 if listener.replacedStaleSocket { announceStaleReplaced(endpoint) }
-                shown = (try? listener.localEndpoint().description) ?? endpoint.description
+                shown = passed.map(ServingOptions.startupName(of:)) ?? (try? listener.localEndpoint().description) ?? endpoint.description
                 accept = {
                     let (connection, peer) = try listener.accept()
                     guard let format else { return StreamSession(connection: connection, tap: dump?.tap("stdio", peer.description)) }
@@ -262,10 +274,12 @@ struct Listen: ParsableCommand, HandlesShutdownSignals {
                 }
                 close = { try? listener.close() }
             case .seqpacket:
-                let address = try unixAddress(of: endpoint, for: "--type seqpacket")
-                let listener = try SeqpacketListener.bind(to: address, options: options)
+                let address = passed == nil ? try unixAddress(of: endpoint, for: "--type seqpacket") : .unnamed
+                let listener = try ServingOptions.adopt(
+                    passed, { (descriptor) throws(SocketError) in try SeqpacketListener(adopting: descriptor, admitting: policy) },
+                    orBind: { () throws(SocketError) in try SeqpacketListener.bind(to: address, options: options, admitting: policy) })
                 if listener.replacedStaleSocket { announceStaleReplaced(endpoint) }
-                shown = endpoint.description
+                shown = passed.map(ServingOptions.startupName(of:)) ?? endpoint.description
                 accept = {
                     let (socket, peer) = try listener.accept()
                     return SeqpacketSession(socket: socket, peer: peer.description, tap: dump?.tap("stdio", peer.description))

@@ -69,10 +69,22 @@ struct ReceiveDescriptors: ParsableCommand, HandlesShutdownSignals {
     @Argument(help: "The socket path to listen on, or @name.")
     var address: String
 
+    @OptionGroup(title: "Access and activation")
+    var serving: ServingOptions
+
     func run() throws {
         let address = try parseAddress(address)
         do {
-            let listener = try StreamListener.bind(to: address)
+            let policy = serving.accessPolicy
+            let passed = try serving.passedSocket()
+            if let passed, passed.type != "stream" || !passed.isListening {
+                Console.standardError.line("uds: recv-fd: the activated socket is not a listening stream socket")
+                throw ExitCode(64)
+            }
+            let listener = try ServingOptions.adopt(
+                passed, { (descriptor) throws(SocketError) in try StreamListener(adopting: descriptor, admitting: policy) },
+                orBind: { () throws(SocketError) in try StreamListener.bind(to: address, admitting: policy) })
+            if let passed { Console.standardError.line("uds: listening on \(ServingOptions.startupName(of: passed))") }
             exitOnShutdownSignals { try? listener.close() }
             defer { try? listener.close() }
             let (connection, _) = try listener.accept()

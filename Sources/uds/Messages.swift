@@ -159,39 +159,56 @@ struct Receive: ParsableCommand, HandlesShutdownSignals {
     @Option(help: "The socket file's mode, in octal (e.g. 622).")
     var mode: FileModeOption?
 
+    @OptionGroup(title: "Access and activation")
+    var serving: ServingOptions
+
     func validate() throws {
         try OptionRange.count.check("--count", count)
         try OptionRange.seconds.check("--timeout", timeout)
+        try serving.checkConnections(for: type)
     }
 
     func run() throws {
         let endpoint = try parseEndpoint(address)
         let address = try unixAddress(of: endpoint, for: "recv")
-        try requireBindable(endpoint)
         let options = BindOptions(permissions: mode?.permissions)
         let tally = MessageTally(limit: count, raw: raw)
         let close: @Sendable () -> Void
+        let shown: String
         do {
-            switch type {
+            // A socket a service manager passed wins over the address.
+            let passed = try serving.passedSocket()
+            if passed == nil { try requireBindable(endpoint) }
+            shown = passed.map(ServingOptions.startupName(of:)) ?? endpoint.description
+            switch passed.flatMap(ServingOptions.type(of:)) ?? type {
             case .dgram, .stream:
-                let socket = try DatagramSocket.bind(to: address, options: options)
+                if serving.restrictsPeers {
+                    Console.standardError.line("uds: recv: the activated socket is a datagram socket, which has no connections to refuse")
+                    throw ExitCode(64)
+                }
+                let socket = try ServingOptions.adopt(
+                    passed, { (descriptor) throws(SocketError) in try DatagramSocket(adopting: descriptor) },
+                    orBind: { () throws(SocketError) in try DatagramSocket.bind(to: address, options: options) })
                 if socket.replacedStaleSocket { announceStaleReplaced(endpoint) }
                 if credentials { try socket.setReceivesCredentials(true) }
                 close = { try? socket.close() }
                 Thread.detachNewThread { receiveDatagrams(socket, tally: tally) }
             case .seqpacket:
-                let listener = try SeqpacketListener.bind(to: address, options: options)
+                let policy = serving.accessPolicy
+                let listener = try ServingOptions.adopt(
+                    passed, { (descriptor) throws(SocketError) in try SeqpacketListener(adopting: descriptor, admitting: policy) },
+                    orBind: { () throws(SocketError) in try SeqpacketListener.bind(to: address, options: options, admitting: policy) })
                 if listener.replacedStaleSocket { announceStaleReplaced(endpoint) }
                 close = { try? listener.close() }
                 let showCredentials = credentials
                 Thread.detachNewThread { acceptConnections(listener, tally: tally, credentials: showCredentials) }
             }
-        } catch {
+        } catch let error as SocketError {
             report(Diagnosis.bind(error))
             throw ExitCode.failure
         }
         exitOnShutdownSignals(close)
-        Console.standardError.line("uds: listening on \(endpoint)")
+        Console.standardError.line("uds: listening on \(shown)")
         defer { close() }
         switch tally.wait(timeout: timeout?.seconds) {
         case .done:

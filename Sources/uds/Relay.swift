@@ -104,7 +104,11 @@ struct Relay: ParsableCommand, HandlesShutdownSignals {
     @OptionGroup(title: "Dump")
     var dumpOptions: DumpOptions
 
+    @OptionGroup(title: "Access and activation (unix-listen: and tcp-listen:)")
+    var serving: ServingOptions
+
     func validate() throws {
+        try serving.checkConnections(for: type)
         try OptionRange.connections.check("--max-conns", maxConnections)
         try OptionRange.seconds.check("--timeout", timeout)
         try OptionRange.positiveSeconds.check("--idle-timeout", idleTimeout)
@@ -122,7 +126,20 @@ struct Relay: ParsableCommand, HandlesShutdownSignals {
             Console.standardError.line("uds: relay: FROM and TO cannot both be stdio")
             throw ExitCode(64)
         }
-        if case .listen(let endpoint) = source { try requireBindable(endpoint) }
+        // A socket a service manager passed is FROM, whatever FROM names.
+        let passed: ActivatedSockets.Passed?
+        do {
+            passed = try serving.passedSocket(logger: LogLevelOption.logger(logLevel))
+        } catch {
+            report(error)
+            throw ExitCode.failure
+        }
+        if passed != nil, case .listen = source {} else if passed != nil {
+            Console.standardError.line("uds: relay: an activated socket needs FROM to be unix-listen: or tcp-listen:")
+            throw ExitCode(64)
+        }
+        let type = passed.flatMap(ServingOptions.type(of:)) ?? self.type
+        if case .listen(let endpoint) = source, passed == nil { try requireBindable(endpoint) }
         let dump = try dumpOptions.makeDump()
         // Splicing needs the bytes to stay out of this process: not when dumping.
         let splicing = Splice.isAvailable && !noSplice && dump == nil
@@ -134,9 +151,13 @@ struct Relay: ParsableCommand, HandlesShutdownSignals {
         let connectTimeout = timeout?.duration
         switch source {
         case .listen(let endpoint) where type == .dgram:
-            try serveDatagrams(endpoint, target: target, log: log)
+            if serving.restrictsPeers {
+                Console.standardError.line("uds: relay: the activated socket is a datagram socket, which has no connections to refuse")
+                throw ExitCode(64)
+            }
+            try serveDatagrams(endpoint, passed: passed, target: target, log: log)
         case .listen(let endpoint):
-            try serve(endpoint, target: target, log: log, connectTimeout: connectTimeout)
+            try serve(endpoint, passed: passed, type: type, target: target, log: log, connectTimeout: connectTimeout)
         case .connect, .stdio, .exec:
             guard type != .dgram else {
                 Console.standardError.line("uds: relay --type dgram: FROM must be unix-listen:ADDRESS (for one client, use uds connect --type dgram)")
@@ -163,14 +184,16 @@ struct Relay: ParsableCommand, HandlesShutdownSignals {
 
     /// Receives datagrams at `endpoint` and relays them to `target`, and the
     /// answers back.
-    private func serveDatagrams(_ endpoint: Endpoint, target: RelayEndpoint, log: RelayLog) throws {
+    private func serveDatagrams(_ endpoint: Endpoint, passed: ActivatedSockets.Passed?, target: RelayEndpoint, log: RelayLog) throws {
         guard let front = endpoint.unixAddress, case .connect(let to) = target, let upstream = to.unixAddress else {
             Console.standardError.line("uds: relay --type dgram: both sides must be Unix socket addresses")
             throw ExitCode(64)
         }
         let relay: DatagramRelay
         do {
-            let socket = try DatagramSocket.bind(to: front, options: BindOptions(permissions: mode?.permissions, logger: LogLevelOption.logger(logLevel)))
+            let socket = try ServingOptions.adopt(
+                passed, { (descriptor) throws(SocketError) in try DatagramSocket(adopting: descriptor) },
+                orBind: { () throws(SocketError) in try DatagramSocket.bind(to: front, options: BindOptions(permissions: mode?.permissions, logger: LogLevelOption.logger(logLevel))) })
             if socket.replacedStaleSocket { announceStaleReplaced(endpoint) }
             relay = DatagramRelay(front: socket, target: upstream, log: log, maximumPeers: maxConnections)
         } catch {
@@ -178,7 +201,7 @@ struct Relay: ParsableCommand, HandlesShutdownSignals {
             throw ExitCode.failure
         }
         exitOnShutdownSignals { relay.close() }
-        Console.standardError.line("uds: listening on \(endpoint)")
+        Console.standardError.line("uds: listening on \(passed.map(ServingOptions.startupName(of:)) ?? endpoint.description)")
         do {
             try relay.run()
         } catch {
@@ -189,10 +212,15 @@ struct Relay: ParsableCommand, HandlesShutdownSignals {
     }
 
     /// Accepts connections at `endpoint` and relays each to `target`.
-    private func serve(_ endpoint: Endpoint, target: RelayEndpoint, log: RelayLog, connectTimeout: Duration?) throws {
+    private func serve(
+        _ endpoint: Endpoint, passed: ActivatedSockets.Passed?, type: SocketTypeOption, target: RelayEndpoint, log: RelayLog,
+        connectTimeout: Duration?
+    ) throws {
         let listener: RelayListener
         do {
-            listener = try RelayListener.bind(endpoint, type: type, options: BindOptions(permissions: mode?.permissions, logger: LogLevelOption.logger(logLevel)))
+            listener = try RelayListener.bind(
+                endpoint, passed: passed, type: type, options: BindOptions(permissions: mode?.permissions, logger: LogLevelOption.logger(logLevel)),
+                admitting: serving.accessPolicy)
         } catch {
             report(Diagnosis.bind(error))
             throw ExitCode.failure

@@ -10,23 +10,32 @@ struct RelayListener: Sendable {
     private let acceptNext: @Sendable () throws(SocketError) -> (any ByteStream, String)
     private let closeListener: @Sendable () -> Void
 
-    static func bind(_ endpoint: Endpoint, type: SocketTypeOption, options: BindOptions) throws(SocketError) -> RelayListener {
+    /// Binds `endpoint`, or adopts the socket a service manager `passed`.
+    static func bind(
+        _ endpoint: Endpoint, passed: ActivatedSockets.Passed?, type: SocketTypeOption, options: BindOptions,
+        admitting policy: AccessPolicy
+    ) throws(SocketError) -> RelayListener {
         switch type {
         case .seqpacket:
             guard let address = endpoint.unixAddress else {
                 throw SocketError("bind", address: endpoint.description, code: .invalidArgument("seqpacket needs a Unix socket address"))
             }
-            let listener = try SeqpacketListener.bind(to: address, options: options)
+            let listener = try ServingOptions.adopt(
+                passed, { (descriptor) throws(SocketError) in try SeqpacketListener(adopting: descriptor, admitting: policy) },
+                orBind: { () throws(SocketError) in try SeqpacketListener.bind(to: address, options: options, admitting: policy) })
             return RelayListener(
-                shown: endpoint.description, replacedStaleSocket: listener.replacedStaleSocket,
+                shown: passed.map(ServingOptions.startupName(of:)) ?? endpoint.description,
+                replacedStaleSocket: listener.replacedStaleSocket,
                 acceptNext: { () throws(SocketError) in
                     let (socket, peer) = try listener.accept()
                     return (SeqpacketStream(socket: socket, peer: peer.description), peer.description)
                 },
                 closeListener: { try? listener.close() })
         case .stream, .dgram:
-            let listener = try StreamListener.bind(to: endpoint, options: options)
-            let shown = (try? listener.localEndpoint())?.description ?? endpoint.description
+            let listener = try ServingOptions.adopt(
+                passed, { (descriptor) throws(SocketError) in try StreamListener(adopting: descriptor, admitting: policy) },
+                orBind: { () throws(SocketError) in try StreamListener.bind(to: endpoint, options: options, admitting: policy) })
+            let shown = passed.map(ServingOptions.startupName(of:)) ?? (try? listener.localEndpoint())?.description ?? endpoint.description
             return RelayListener(
                 shown: shown,
                 replacedStaleSocket: listener.replacedStaleSocket,

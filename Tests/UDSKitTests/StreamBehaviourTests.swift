@@ -346,6 +346,29 @@ struct StreamBehaviourTests {
         }
     }
 
+    @Test("SCM_CREDENTIALS on stream and seqpacket too: what arrives carries the sender's credentials")
+    func credentialsRideOnStreamsAndSeqpackets() async throws {
+        var buffer = [UInt8](repeating: 0, count: 8)
+        let (streamSender, streamReceiver) = try StreamSocket.makePair()
+        try streamReceiver.setReceivesCredentials(true)
+        try streamSender.writeAll([1, 2, 3])
+        let (message, _) = try buffer.withUnsafeMutableBytes {
+            try streamReceiver.receiveWithDescriptors(into: $0, timeout: .seconds(30))
+        }
+        #expect(message.count == 3)
+        #expect(message.credentials?.processID == getpid())
+        #expect(message.credentials?.userID == getuid())
+
+        let (seqpacketSender, seqpacketReceiver) = try AsyncSeqpacketSocket.makePair()
+        try seqpacketReceiver.setReceivesCredentials(true)
+        try await seqpacketSender.send([4])
+        let (bytes, receipt) = try await seqpacketReceiver.receive(maximumSize: 8, timeout: .seconds(30))
+        #expect(bytes == [4])
+        #expect(receipt.credentials?.processID == getpid())
+        #expect(receipt.credentials?.groupID == getgid())
+        for socket: Socket in [streamSender, streamReceiver, seqpacketSender, seqpacketReceiver] { try socket.close() }
+    }
+
     @Test func streamOnlyKindsRefuseTCPAndLocalBinds() async throws {
         let tcp = try Endpoint("tcp:127.0.0.1:1")
         for error in [

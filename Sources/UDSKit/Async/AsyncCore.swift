@@ -19,6 +19,11 @@ final class AsyncCore: Sendable {
     private let readBlockedAt = Atomic<UInt64>(AsyncCore.unknownTick)
     private let writeBlockedAt = Atomic<UInt64>(AsyncCore.unknownTick)
     private static let unknownTick = UInt64.max
+    /// Operations done in a row without waiting: a peer that floods keeps
+    /// every read succeeding, and the task reading it would never give its
+    /// loop back to the other connections (tokio's coop budget solves the same).
+    private let unsuspendedRun = Atomic<UInt32>(0)
+    static let budget: UInt32 = 64
 
     /// Takes over `handle`, which must be non-blocking, and registers it with `loop`.
     init(handle: SocketHandle, loop: EventLoop) throws(SocketError) {
@@ -68,8 +73,16 @@ final class AsyncCore: Sendable {
         _ attempt: (CInt) throws(SocketError) -> Result<R, Errno>
     ) async throws -> R {
         while true {
-            if let value = try self.attempt(direction, operation, exhausted: exhausted, naming: destination, attempt) { return value }
+            if let value = try self.attempt(direction, operation, exhausted: exhausted, naming: destination, attempt) {
+                if unsuspendedRun.add(1, ordering: .relaxed).newValue >= Self.budget {
+                    // The budget is spent: let the loop run what else is ready first.
+                    unsuspendedRun.store(0, ordering: .relaxed)
+                    await Task.yield()
+                }
+                return value
+            }
             // It would block, as of the tick it marked: wait for a later edge.
+            unsuspendedRun.store(0, ordering: .relaxed)
             try await registration.wait(
                 direction, after: blockedTick(direction), deadline: deadline, operation: operation)
         }
