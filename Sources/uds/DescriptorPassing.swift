@@ -55,6 +55,8 @@ struct ReceiveDescriptors: ParsableCommand, HandlesShutdownSignals {
     static let configuration = CommandConfiguration(
         commandName: "recv-fd",
         abstract: "Wait for send-fd, receive its descriptors, and copy each file to standard output.",
+        // Short enough for 80 columns; OPTIONS lists the rest.
+        usage: "uds recv-fd <address> [--allow-uid <uid>] [--allow-gid <gid>] [options]",
         discussion: """
             Listens at PATH (with the same safe-bind rules as echo-server), accepts one
             connection, and receives the descriptors sent with its first message. The

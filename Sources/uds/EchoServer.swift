@@ -55,11 +55,8 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
     @Flag(help: "Print only the start-up line and errors.")
     var quiet = false
 
-    @Option(name: .customLong("allow-uid"), help: "Admit only peers with this user ID (repeatable; with --allow-gid, either may match).")
-    var allowedUserIDs: [UInt32] = []
-
-    @Option(name: .customLong("allow-gid"), help: "Admit only peers in this group, primary or supplementary (the option can be repeated).")
-    var allowedGroupIDs: [UInt32] = []
+    /// --allow-uid, --allow-gid and --activated, as every listening command has them.
+    @OptionGroup var serving: ServingOptions
 
     @Flag(help: "Print each client's pid, uid and gid (and on Linux its command name).")
     var showPeer = false
@@ -81,9 +78,6 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
         case loop
         case global
     }
-
-    @Option(name: .customLong("activated"), help: "With several sockets passed by a service manager, the name of the one to serve (LISTEN_FDNAMES).")
-    var activatedName: String?
 
     @Option(help: "Event loops for --io async (threads; connections are spread over them). Default: 1.")
     var loops: Int = 1
@@ -112,7 +106,7 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
         }
         // A datagram server has no connections to check or refuse: never
         // ignore an access restriction silently.
-        if type == .dgram && (!allowedUserIDs.isEmpty || !allowedGroupIDs.isEmpty || showPeer) {
+        if type == .dgram && (serving.restrictsPeers || showPeer) {
             throw ValidationError("--allow-uid, --allow-gid and --show-peer need connections: use --type stream or seqpacket")
         }
     }
@@ -133,19 +127,18 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
         let options = BindOptions(permissions: mode?.permissions, onAcceptRecovery: { event in
             transcript.reportAcceptRecovery(event)
         }, logger: logger)
-        let access = accessPolicy
+        let access = serving.accessPolicy
         do {
             // A socket a service manager passed wins over the address: serve on
             // it, whatever its type (and never unlink its file).
-            let activated = try ActivatedSockets.take(logger: logger)
-            let passed = activated.sockets.isEmpty ? nil : try activated.take(named: activatedName)
+            let passed = try serving.passedSocket(logger: logger)
             func make<Socket>(
                 adopting adopt: (FileDescriptor) throws(SocketError) -> Socket, binding bind: () throws(SocketError) -> Socket
             ) throws(SocketError) -> Socket {
-                if let passed { try adopt(passed.descriptor) } else { try bind() }
+                try ServingOptions.adopt(passed, adopt, orBind: bind)
             }
             if let passed {
-                transcript.always("starting up on activated socket \(passed.name) (\(passed.address.map(\.description) ?? "unnamed"))")
+                transcript.always("starting up on \(ServingOptions.startupName(of: passed))")
             } else {
                 transcript.always("starting up on \(address)")
             }
@@ -155,7 +148,7 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
                 serveOne(StreamEchoConnection(socket: connection), transcript: transcript)
                 return
             }
-            let type = passed.map { SocketTypeOption(rawValue: $0.type == "datagram" ? "dgram" : $0.type) ?? self.type } ?? self.type
+            let type = passed.flatMap(ServingOptions.type(of:)) ?? self.type
             let loops: any EventLoopSource = self.loops == 1 ? EventLoop.shared : try EventLoopGroup(loopCount: self.loops)
             switch type {
             case .stream where io != .threads:
@@ -221,14 +214,6 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
         } catch {
             report((error as? SocketError).map(Diagnosis.bind) ?? error)
             throw ExitCode.failure
-        }
-    }
-
-    /// Everyone, unless --allow-uid or --allow-gid narrow it; refusals are logged.
-    private var accessPolicy: AccessPolicy {
-        if allowedUserIDs.isEmpty && allowedGroupIDs.isEmpty { return .everyone }
-        return .users(Set(allowedUserIDs), groups: Set(allowedGroupIDs)) { refused in
-            Console.standardError.line("uds: refused a connection from \(describe(refused)): not an allowed uid or gid")
         }
     }
 

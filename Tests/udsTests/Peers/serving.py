@@ -63,6 +63,19 @@ def wait_for_stderr_text(process, text, timeout=30):
     return seen.decode(errors="replace")
 
 
+def wait_listening(path, process):
+    """Waits until /proc/net/unix lists `path` as listening (__SO_ACCEPTCON), without connecting."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process.poll() is None:
+        with open("/proc/net/unix") as table:
+            for line in table.readlines()[1:]:
+                fields = line.split()
+                if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
+                    return True
+        time.sleep(0.02)
+    return False
+
+
 def run(command, timeout=30):
     try:
         done = subprocess.run(command, capture_output=True, timeout=timeout, preexec_fn=unblocked)
@@ -159,7 +172,9 @@ elif case.startswith("refuse-") or case == "admit-listen":
         echo = start([uds, "echo-server", echo_path, "--quiet"])
         wait_for(echo_path, echo)
         server = start([uds, "relay", "unix-listen:" + path, echo_path, *access])
-    result["ready"] = wait_for(path, server)
+    # The file appears at bind, before listen: wait until the kernel says it listens.
+    result["ready"] = wait_listening(path, server)
+    earlier = ""
     if command == "recv":
         client = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         client.settimeout(30)
@@ -174,9 +189,9 @@ elif case.startswith("refuse-") or case == "admit-listen":
         result["client"] = stream_client(path, b"let me in\n")
     if case == "admit-listen":
         # A single-connection listen ends when its peer has gone.
-        result["exit"], result["stdout"], result["stderr"] = stop(server)
+        result["exit"], result["stdout"], result["stderr"] = stop(server, earlier)
     else:
-        earlier = wait_for_stderr_text(server, "refused a connection")
+        earlier += wait_for_stderr_text(server, "refused a connection")
         result["running"] = server.poll() is None
         result["exit"], result["stdout"], result["stderr"] = stop(server, earlier)
     if command == "relay":
