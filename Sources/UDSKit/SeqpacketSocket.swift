@@ -1,3 +1,4 @@
+import Logging
 import SystemPackage
 
 /// A listening `SOCK_SEQPACKET` socket (Linux): connections that keep
@@ -21,9 +22,12 @@ public final class SeqpacketListener: Listener, @unchecked Sendable {
     }
 
     /// Takes over a listening seqpacket socket, checked with the kernel first.
-    public init(adopting descriptor: FileDescriptor, admitting accessPolicy: AccessPolicy = .everyone) throws(SocketError) {
+    /// `logger` is told of refusals and accept back-off (an adopted listener has no ``BindOptions``).
+    public init(
+        adopting descriptor: FileDescriptor, admitting accessPolicy: AccessPolicy = .everyone, logger: Logger? = nil
+    ) throws(SocketError) {
         let handle = try SocketHandle.adopt(descriptor.rawValue, as: .init(kind: .seqpacket, listening: true))
-        super.init(handle: handle, bound: try handle.adoptedBinding(admitting: accessPolicy))
+        super.init(handle: handle, bound: try handle.adoptedBinding(admitting: accessPolicy, logger: logger))
     }
 
     /// Waits for the next connection the access policy admits; see

@@ -1,3 +1,4 @@
+import Logging
 import SystemPackage
 
 /// A listening stream socket on a Unix address or a TCP port: it binds
@@ -33,9 +34,12 @@ public final class StreamListener: Listener, @unchecked Sendable {
     }
 
     /// Takes over a listening stream socket, Unix or TCP, checked with the kernel first.
-    public init(adopting descriptor: FileDescriptor, admitting accessPolicy: AccessPolicy = .everyone) throws(SocketError) {
+    /// `logger` is told of refusals and accept back-off (an adopted listener has no ``BindOptions``).
+    public init(
+        adopting descriptor: FileDescriptor, admitting accessPolicy: AccessPolicy = .everyone, logger: Logger? = nil
+    ) throws(SocketError) {
         let handle = try SocketHandle.adopt(descriptor.rawValue, as: .init(kind: .stream, listening: true))
-        super.init(handle: handle, bound: try handle.adoptedBinding(admitting: accessPolicy))
+        super.init(handle: handle, bound: try handle.adoptedBinding(admitting: accessPolicy, logger: logger))
     }
 
     /// Waits for the next connection the access policy admits. Running out

@@ -244,13 +244,14 @@ struct Listen: ParsableCommand, HandlesShutdownSignals {
             Console.standardError.line("uds: listen: \(address) is not an address to listen on")
             throw ExitCode(64)
         }
-        let options = BindOptions(permissions: mode?.permissions)
+        let logger = serving.logger
+        let options = BindOptions(permissions: mode?.permissions, logger: logger)
         let policy = serving.accessPolicy
         let format = FrameOptions.format(frame, maxFrame: maxFrame)
         let dump = try dumpOptions.makeDump()
         do {
             // A socket a service manager passed wins over the address.
-            let passed = try serving.passedSocket()
+            let passed = try serving.passedSocket(logger: logger)
             if passed == nil { try requireBindable(endpoint) }
             let type = passed.flatMap(ServingOptions.type(of:)) ?? self.type
             let router = InputRouter(lines: type == .seqpacket || format != nil)
@@ -263,7 +264,7 @@ struct Listen: ParsableCommand, HandlesShutdownSignals {
                 throw ExitCode(64)
             case .stream, .dgram:
                 let listener = try ServingOptions.adopt(
-                    passed, { (descriptor) throws(SocketError) in try StreamListener(adopting: descriptor, admitting: policy) },
+                    passed, { (descriptor) throws(SocketError) in try StreamListener(adopting: descriptor, admitting: policy, logger: logger) },
                     orBind: { () throws(SocketError) in try StreamListener.bind(to: endpoint, options: options, admitting: policy) })
                 if listener.replacedStaleSocket { announceStaleReplaced(endpoint) }
                 shown = passed.map(ServingOptions.startupName(of:)) ?? (try? listener.localEndpoint().description) ?? endpoint.description
@@ -276,7 +277,7 @@ struct Listen: ParsableCommand, HandlesShutdownSignals {
             case .seqpacket:
                 let address = passed == nil ? try unixAddress(of: endpoint, for: "--type seqpacket") : .unnamed
                 let listener = try ServingOptions.adopt(
-                    passed, { (descriptor) throws(SocketError) in try SeqpacketListener(adopting: descriptor, admitting: policy) },
+                    passed, { (descriptor) throws(SocketError) in try SeqpacketListener(adopting: descriptor, admitting: policy, logger: logger) },
                     orBind: { () throws(SocketError) in try SeqpacketListener.bind(to: address, options: options, admitting: policy) })
                 if listener.replacedStaleSocket { announceStaleReplaced(endpoint) }
                 shown = passed.map(ServingOptions.startupName(of:)) ?? endpoint.description

@@ -78,14 +78,15 @@ struct ReceiveDescriptors: ParsableCommand, HandlesShutdownSignals {
         let address = try parseAddress(address)
         do {
             let policy = serving.accessPolicy
-            let passed = try serving.passedSocket()
+            let logger = serving.logger
+            let passed = try serving.passedSocket(logger: logger)
             if let passed, passed.type != "stream" || !passed.isListening {
                 Console.standardError.line("uds: recv-fd: the activated socket is not a listening stream socket")
                 throw ExitCode(64)
             }
             let listener = try ServingOptions.adopt(
-                passed, { (descriptor) throws(SocketError) in try StreamListener(adopting: descriptor, admitting: policy) },
-                orBind: { () throws(SocketError) in try StreamListener.bind(to: address, admitting: policy) })
+                passed, { (descriptor) throws(SocketError) in try StreamListener(adopting: descriptor, admitting: policy, logger: logger) },
+                orBind: { () throws(SocketError) in try StreamListener.bind(to: address, options: BindOptions(logger: logger), admitting: policy) })
             if let passed { Console.standardError.line("uds: listening on \(ServingOptions.startupName(of: passed))") }
             exitOnShutdownSignals { try? listener.close() }
             defer { try? listener.close() }

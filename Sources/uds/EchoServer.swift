@@ -55,7 +55,7 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
     @Flag(help: "Print only the start-up line and errors.")
     var quiet = false
 
-    /// --allow-uid, --allow-gid and --activated, as every listening command has them.
+    /// --allow-uid, --allow-gid, --activated and --log-level, as every listening command has them.
     @OptionGroup var serving: ServingOptions
 
     @Flag(help: "Print each client's pid, uid and gid (and on Linux its command name).")
@@ -87,9 +87,6 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
 
     @Option(parsing: .unconditional, help: "After SIGINT or SIGTERM, how long clients may go on before they are closed (\(OptionRange.seconds.help)).")
     var grace: DurationOption = DurationOption(seconds: 5)
-
-    @Option(name: .customLong("log-level"), help: LogLevelOption.help)
-    var logLevel: LogLevelOption?
 
     @Option(name: .customLong("max-frame"), parsing: .unconditional, help: FrameOptions.maxFrameHelp)
     var maxFrame: Int?
@@ -123,7 +120,7 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
         ShutdownSignals.prepare()
         raiseDescriptorLimit()
         let transcript = Transcript(quiet: quiet)
-        let logger = LogLevelOption.logger(logLevel)
+        let logger = serving.logger
         let options = BindOptions(permissions: mode?.permissions, onAcceptRecovery: { event in
             transcript.reportAcceptRecovery(event)
         }, logger: logger)
@@ -153,7 +150,7 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
             switch type {
             case .stream where io != .threads:
                 let listener = try make(
-                    adopting: { (fd) throws(SocketError) in try AsyncStreamListener(adopting: fd, admitting: access, on: loops) },
+                    adopting: { (fd) throws(SocketError) in try AsyncStreamListener(adopting: fd, admitting: access, logger: logger, on: loops) },
                     binding: { () throws(SocketError) in try AsyncStreamListener.bind(to: address, options: options, admitting: access, on: loops) })
                 announce(replacedStale: listener.replacedStaleSocket, address: self.address)
                 if io == .handlers {
@@ -166,7 +163,7 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
                 }
             case .stream:
                 let listener = try make(
-                    adopting: { (fd) throws(SocketError) in try StreamListener(adopting: fd, admitting: access) },
+                    adopting: { (fd) throws(SocketError) in try StreamListener(adopting: fd, admitting: access, logger: logger) },
                     binding: { () throws(SocketError) in try StreamListener.bind(to: address, options: options, admitting: access) })
                 try serveConnections(
                     replacedStale: listener.replacedStaleSocket,
@@ -177,7 +174,7 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
                     close: { try? listener.close() }, transcript: transcript, logger: logger)
             case .seqpacket where io == .async:
                 let listener = try make(
-                    adopting: { (fd) throws(SocketError) in try AsyncSeqpacketListener(adopting: fd, admitting: access, on: loops) },
+                    adopting: { (fd) throws(SocketError) in try AsyncSeqpacketListener(adopting: fd, admitting: access, logger: logger, on: loops) },
                     binding: { () throws(SocketError) in try AsyncSeqpacketListener.bind(to: address, options: options, admitting: access, on: loops) })
                 announce(replacedStale: listener.replacedStaleSocket, address: self.address)
                 try runOnLoop(listener.eventLoop) { try await serveAsync(listener, transcript: transcript, logger: logger) }
@@ -196,7 +193,7 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
                 yieldToShutdown()
             case .seqpacket:
                 let listener = try make(
-                    adopting: { (fd) throws(SocketError) in try SeqpacketListener(adopting: fd, admitting: access) },
+                    adopting: { (fd) throws(SocketError) in try SeqpacketListener(adopting: fd, admitting: access, logger: logger) },
                     binding: { () throws(SocketError) in try SeqpacketListener.bind(to: address, options: options, admitting: access) })
                 try serveConnections(
                     replacedStale: listener.replacedStaleSocket,

@@ -171,13 +171,14 @@ struct Receive: ParsableCommand, HandlesShutdownSignals {
     func run() throws {
         let endpoint = try parseEndpoint(address)
         let address = try unixAddress(of: endpoint, for: "recv")
-        let options = BindOptions(permissions: mode?.permissions)
+        let logger = serving.logger
+        let options = BindOptions(permissions: mode?.permissions, logger: logger)
         let tally = MessageTally(limit: count, raw: raw)
         let close: @Sendable () -> Void
         let shown: String
         do {
             // A socket a service manager passed wins over the address.
-            let passed = try serving.passedSocket()
+            let passed = try serving.passedSocket(logger: logger)
             if passed == nil { try requireBindable(endpoint) }
             shown = passed.map(ServingOptions.startupName(of:)) ?? endpoint.description
             switch passed.flatMap(ServingOptions.type(of:)) ?? type {
@@ -196,7 +197,7 @@ struct Receive: ParsableCommand, HandlesShutdownSignals {
             case .seqpacket:
                 let policy = serving.accessPolicy
                 let listener = try ServingOptions.adopt(
-                    passed, { (descriptor) throws(SocketError) in try SeqpacketListener(adopting: descriptor, admitting: policy) },
+                    passed, { (descriptor) throws(SocketError) in try SeqpacketListener(adopting: descriptor, admitting: policy, logger: logger) },
                     orBind: { () throws(SocketError) in try SeqpacketListener.bind(to: address, options: options, admitting: policy) })
                 if listener.replacedStaleSocket { announceStaleReplaced(endpoint) }
                 close = { try? listener.close() }

@@ -98,9 +98,6 @@ struct Relay: ParsableCommand, HandlesShutdownSignals {
     @Flag(help: "Copy through the buffer even where splice(2) could move the bytes (Linux; for comparison).")
     var noSplice = false
 
-    @Option(name: .customLong("log-level"), help: LogLevelOption.help)
-    var logLevel: LogLevelOption?
-
     @OptionGroup(title: "Dump")
     var dumpOptions: DumpOptions
 
@@ -129,7 +126,7 @@ struct Relay: ParsableCommand, HandlesShutdownSignals {
         // A socket a service manager passed is FROM, whatever FROM names.
         let passed: ActivatedSockets.Passed?
         do {
-            passed = try serving.passedSocket(logger: LogLevelOption.logger(logLevel))
+            passed = try serving.passedSocket(logger: serving.logger)
         } catch {
             report(error)
             throw ExitCode.failure
@@ -193,7 +190,7 @@ struct Relay: ParsableCommand, HandlesShutdownSignals {
         do {
             let socket = try ServingOptions.adopt(
                 passed, { (descriptor) throws(SocketError) in try DatagramSocket(adopting: descriptor) },
-                orBind: { () throws(SocketError) in try DatagramSocket.bind(to: front, options: BindOptions(permissions: mode?.permissions, logger: LogLevelOption.logger(logLevel))) })
+                orBind: { () throws(SocketError) in try DatagramSocket.bind(to: front, options: BindOptions(permissions: mode?.permissions, logger: serving.logger)) })
             if socket.replacedStaleSocket { announceStaleReplaced(endpoint) }
             relay = DatagramRelay(front: socket, target: upstream, log: log, maximumPeers: maxConnections)
         } catch {
@@ -219,7 +216,7 @@ struct Relay: ParsableCommand, HandlesShutdownSignals {
         let listener: RelayListener
         do {
             listener = try RelayListener.bind(
-                endpoint, passed: passed, type: type, options: BindOptions(permissions: mode?.permissions, logger: LogLevelOption.logger(logLevel)),
+                endpoint, passed: passed, type: type, options: BindOptions(permissions: mode?.permissions, logger: serving.logger),
                 admitting: serving.accessPolicy)
         } catch {
             report(Diagnosis.bind(error))

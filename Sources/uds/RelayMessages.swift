@@ -21,7 +21,7 @@ struct RelayListener: Sendable {
                 throw SocketError("bind", address: endpoint.description, code: .invalidArgument("seqpacket needs a Unix socket address"))
             }
             let listener = try ServingOptions.adopt(
-                passed, { (descriptor) throws(SocketError) in try SeqpacketListener(adopting: descriptor, admitting: policy) },
+                passed, { (descriptor) throws(SocketError) in try SeqpacketListener(adopting: descriptor, admitting: policy, logger: options.logger) },
                 orBind: { () throws(SocketError) in try SeqpacketListener.bind(to: address, options: options, admitting: policy) })
             return RelayListener(
                 shown: passed.map(ServingOptions.startupName(of:)) ?? endpoint.description,
@@ -33,7 +33,7 @@ struct RelayListener: Sendable {
                 closeListener: { try? listener.close() })
         case .stream, .dgram:
             let listener = try ServingOptions.adopt(
-                passed, { (descriptor) throws(SocketError) in try StreamListener(adopting: descriptor, admitting: policy) },
+                passed, { (descriptor) throws(SocketError) in try StreamListener(adopting: descriptor, admitting: policy, logger: options.logger) },
                 orBind: { () throws(SocketError) in try StreamListener.bind(to: endpoint, options: options, admitting: policy) })
             let shown = passed.map(ServingOptions.startupName(of:)) ?? (try? listener.localEndpoint())?.description ?? endpoint.description
             return RelayListener(

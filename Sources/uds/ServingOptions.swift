@@ -3,8 +3,8 @@ import Logging
 import SystemPackage
 import UDSKit
 
-/// What every command that listens shares: who may connect, and which socket
-/// a service manager passed to serve on.
+/// What every command that listens shares: who may connect, which socket a
+/// service manager passed to serve on, and what is logged.
 struct ServingOptions: ParsableArguments {
     @Option(name: .customLong("allow-uid"), help: "Admit only peers with this user ID (repeatable; with --allow-gid, either may match).")
     var allowedUserIDs: [UInt32] = []
@@ -14,6 +14,13 @@ struct ServingOptions: ParsableArguments {
 
     @Option(name: .customLong("activated"), help: "With several sockets passed by a service manager, the name of the one to serve (LISTEN_FDNAMES).")
     var activatedName: String?
+
+    @Option(name: .customLong("log-level"), help: LogLevelOption.help)
+    var logLevel: LogLevelOption?
+
+    /// The log of refusals, accept back-off, activation and shutdown, on
+    /// standard error; `nil` without --log-level.
+    var logger: Logger? { LogLevelOption.logger(logLevel) }
 
     /// Whether --allow-uid or --allow-gid narrow who may connect.
     var restrictsPeers: Bool { !allowedUserIDs.isEmpty || !allowedGroupIDs.isEmpty }

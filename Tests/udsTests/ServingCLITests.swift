@@ -101,7 +101,7 @@ struct ServingCLITests {
         #expect(outcome.file_left == true, "\(transcript)")
     }
 
-    @Test("--allow-uid or --allow-gid of another refuses our client: one line naming it, and the command goes on",
+    @Test("--allow-uid or --allow-gid of another refuses our client: one line naming it (and with --log-level, one log record), and the command goes on",
           arguments: ["listen", "recv", "recv-fd", "relay"])
     func refusesOtherPeers(command: String) async throws {
         let (outcome, transcript) = try await run("refuse-" + command)
@@ -111,6 +111,10 @@ struct ServingCLITests {
         #expect(lines.first?.hasSuffix(": not an allowed uid or gid") == true, "\(transcript)")
         #expect(lines.first?.contains("uid=\(getuid()) gid=\(getgid())") == true, "\(transcript)")
         #expect(outcome.running == true, "a refusal does not end the command: \(transcript)")
+        let logged = (outcome.stderr ?? "").split(separator: "\n").filter {
+            $0.hasPrefix("uds: notice: refused a connection: the access policy does not admit the peer peer.gid=\(getgid()) ")
+        }
+        #expect(logged.count == 1, "--log-level notice logs the refusal: \(transcript)")
         #expect(outcome.client?.text.isEmpty == true || outcome.client?.text == "ConnectionResetError", "\(transcript)")
         #expect(outcome.stdout == "", "nothing of the refused peer is printed: \(transcript)")
     }

@@ -1,3 +1,4 @@
+import Logging
 import SystemPackage
 
 /// A datagram socket for async code: whole messages, boundaries kept (see
@@ -99,14 +100,15 @@ public final class AsyncSeqpacketListener: Listener, AsyncSocket, @unchecked Sen
             core: try AsyncCore.registering(handle, on: loops.next()), bound: bound, connectionLoops: loops)
     }
 
-    /// Takes over a listening seqpacket socket; see ``SeqpacketListener/init(adopting:admitting:)``.
+    /// Takes over a listening seqpacket socket; see ``SeqpacketListener/init(adopting:admitting:logger:)``.
+    /// `logger` is told of refusals and accept back-off (an adopted listener has no ``BindOptions``).
     public convenience init(
-        adopting descriptor: FileDescriptor, admitting accessPolicy: AccessPolicy = .everyone,
+        adopting descriptor: FileDescriptor, admitting accessPolicy: AccessPolicy = .everyone, logger: Logger? = nil,
         on loops: any EventLoopSource = EventLoop.shared
     ) throws(SocketError) {
         let handle = try SocketHandle.adopt(descriptor.rawValue, as: .init(kind: .seqpacket, listening: true), nonBlocking: true)
         self.init(
-            core: try AsyncCore.registering(handle, on: loops.next()), bound: try handle.adoptedBinding(admitting: accessPolicy),
+            core: try AsyncCore.registering(handle, on: loops.next()), bound: try handle.adoptedBinding(admitting: accessPolicy, logger: logger),
             connectionLoops: loops)
     }
 

@@ -1,3 +1,4 @@
+import Logging
 import SystemPackage
 
 /// A listening stream socket for async code, on a Unix address or a TCP
@@ -32,14 +33,15 @@ public final class AsyncStreamListener: Listener, AsyncSocket, @unchecked Sendab
         return AsyncStreamListener(core: try AsyncCore.registering(handle, on: loops.next()), bound: bound, connectionLoops: loops)
     }
 
-    /// Takes over a listening stream socket, Unix or TCP; see ``StreamListener/init(adopting:admitting:)``.
+    /// Takes over a listening stream socket, Unix or TCP; see ``StreamListener/init(adopting:admitting:logger:)``.
+    /// `logger` is told of refusals and accept back-off (an adopted listener has no ``BindOptions``).
     public convenience init(
-        adopting descriptor: FileDescriptor, admitting accessPolicy: AccessPolicy = .everyone,
+        adopting descriptor: FileDescriptor, admitting accessPolicy: AccessPolicy = .everyone, logger: Logger? = nil,
         on loops: any EventLoopSource = EventLoop.shared
     ) throws(SocketError) {
         let handle = try SocketHandle.adopt(descriptor.rawValue, as: .init(kind: .stream, listening: true), nonBlocking: true)
         self.init(
-            core: try AsyncCore.registering(handle, on: loops.next()), bound: try handle.adoptedBinding(admitting: accessPolicy),
+            core: try AsyncCore.registering(handle, on: loops.next()), bound: try handle.adoptedBinding(admitting: accessPolicy, logger: logger),
             connectionLoops: loops)
     }
 

@@ -1,3 +1,4 @@
+import Logging
 import SystemPackage
 
 /// Taking over a descriptor UDSKit did not open (inherited, received over
@@ -70,8 +71,10 @@ extension SocketHandle {
         return handle
     }
 
-    /// What an adopted listener reports: the kernel's name for it.
-    func adoptedBinding(admitting policy: AccessPolicy) throws(SocketError) -> ListeningBinding {
+    /// What an adopted listener reports: the kernel's name for it. It logs
+    /// to `logger`, having no ``BindOptions`` to name one.
+    func adoptedBinding(admitting policy: AccessPolicy, logger: Logger?) throws(SocketError) -> ListeningBinding {
+        if let logger { adoptLogger(logger) }
         if kind == .tcp && policy.admits != nil {
             throw error("adopt", code: .invalidArgument("an access policy needs peer credentials, which TCP connections do not carry"))
         }

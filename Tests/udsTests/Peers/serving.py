@@ -161,6 +161,7 @@ elif case.startswith("refuse-") or case == "admit-listen":
     command = case.split("-", 1)[1]
     allowed = str(os.getuid()) if case == "admit-listen" else OTHER_ID
     access = ["--allow-uid", allowed] if command != "recv-fd" else ["--allow-gid", OTHER_ID]
+    access += ["--log-level", "notice"]
     if command == "listen":
         server = start([uds, "listen", path, *access])
     elif command == "recv":
@@ -191,7 +192,7 @@ elif case.startswith("refuse-") or case == "admit-listen":
         # A single-connection listen ends when its peer has gone.
         result["exit"], result["stdout"], result["stderr"] = stop(server, earlier)
     else:
-        earlier += wait_for_stderr_text(server, "refused a connection")
+        earlier += wait_for_stderr_text(server, "does not admit the peer")
         result["running"] = server.poll() is None
         result["exit"], result["stdout"], result["stderr"] = stop(server, earlier)
     if command == "relay":
