@@ -6,18 +6,13 @@ CASE: stream | dgram | seqpacket | accept | named | ambiguous
 """
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
+from children import stop, unblocked, wait_for
+
 uds, activator, directory, case = sys.argv[1:5]
-
-
-def unblocked():
-    # Children inherit the blocked-signal mask of whoever started us; the
-    # activator must get SIGCHLD to reap its --accept children.
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
 def start(flags, sockets, extra=()):
@@ -26,15 +21,6 @@ def start(flags, sockets, extra=()):
         command += ["-l", path]
     command += [uds, "echo-server", "--quiet", *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=unblocked)
-
-
-def wait_for(path, process):
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and process.poll() is None:
-        if os.path.exists(path):
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def client(path, message, kind="stream"):
@@ -46,17 +32,6 @@ def client(path, message, kind="stream"):
         return done.returncode, done.stdout.decode(errors="replace")
     except subprocess.TimeoutExpired:
         return "timeout", ""
-
-
-def stop(process):
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        out, err = process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, err = process.communicate()
-    return process.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 result = {"case": case}

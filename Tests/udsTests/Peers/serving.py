@@ -8,20 +8,15 @@ CASE: listen | recv | recv-fd | relay |
 """
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 
+from children import stop, unblocked, wait_for
+
 uds, activator, directory, case = sys.argv[1:5]
 OTHER_ID = "4242"  # a user and group this test does not run as
-
-
-def unblocked():
-    # Children inherit the blocked-signal mask of whoever started us; the
-    # activator must get SIGCHLD, and SIGTERM must reach the commands.
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
 def start(command):
@@ -31,15 +26,6 @@ def start(command):
 
 def activated(flags, path, command):
     return start([activator, *flags, "-l", path, uds, *command])
-
-
-def wait_for(path, process):
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and process.poll() is None:
-        if os.path.exists(path):
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def wait_for_stderr_text(process, text, timeout=30):
@@ -82,17 +68,6 @@ def run(command, timeout=30):
         return [done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")]
     except subprocess.TimeoutExpired:
         return ["timeout", "", ""]
-
-
-def stop(process, earlier_stderr=""):
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        out, err = process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, err = process.communicate()
-    return process.returncode, out.decode(errors="replace"), earlier_stderr + err.decode(errors="replace")
 
 
 def finish(process):
