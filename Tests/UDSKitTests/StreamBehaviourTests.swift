@@ -228,6 +228,28 @@ struct StreamBehaviourTests {
         }
     }
 
+    @Test("release is refused while another thread is inside a call on the descriptor")
+    func releaseWhileInUse() throws {
+        let (socket, peer) = try StreamSocket.makePair()
+        let entered = DispatchSemaphore(value: 0)
+        let proceed = DispatchSemaphore(value: 0)
+        let inside = BackgroundThread {
+            try socket.withDescriptor("test") { (_) throws(SocketError) in
+                entered.signal()
+                proceed.wait()
+            }
+        }
+        entered.wait()
+        let refusal = socketErrorIfAny { () throws(SocketError) in _ = try socket.release() }
+        #expect(refusal?.code == .invalidArgument("another call is still using the socket"), "\(String(describing: refusal))")
+        proceed.signal()
+        try inside.join(timeout: endsRatherThanHangs)
+        let descriptor = try socket.release()  // nobody inside now
+        #expect(socketErrorIfAny { () throws(SocketError) in try socket.shutdown(.both) }?.code == .closed)
+        try descriptor.close()
+        try peer.close()
+    }
+
     @Test("a released listener keeps its socket file; the new owner serves on it", arguments: Level.allCases)
     func releasedListenerKeepsItsFile(_ level: Level) async throws {
         try await withTemporaryDirectoryAsync { directory in
@@ -394,6 +416,16 @@ struct StreamBehaviourTests {
             let client = try StreamSocket.connect(to: path, timeout: .seconds(10))
             try client.close()
         }
+    }
+}
+
+/// The error `body` throws, or `nil`: for a call that may or may not fail yet.
+func socketErrorIfAny(_ body: () throws(SocketError) -> Void) -> SocketError? {
+    do throws(SocketError) {
+        try body()
+        return nil
+    } catch {
+        return error
     }
 }
 
