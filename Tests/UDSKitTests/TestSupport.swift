@@ -326,7 +326,8 @@ func runTestInChildProcess(
     child.standardOutput = log
     child.standardError = log
     child.standardInput = FileHandle.nullDevice
-    try child.run()
+    // Foundation's Process.run() is not safe from several threads at once.
+    try childSpawning.withLock { _ in try child.run() }
 
     let deadline = ContinuousClock.now + timeout
     while child.isRunning && ContinuousClock.now < deadline { pause(.milliseconds(10)) }
@@ -346,3 +347,6 @@ func runTestInChildProcess(
     }
     return ChildOutcome(reason: child.terminationReason, status: child.terminationStatus, output: output, result: result)
 }
+
+/// Serialises `Process.run()`, which crashed when called from several threads at once.
+let childSpawning = Mutex(())

@@ -297,7 +297,7 @@ private func modeString(_ path: String) -> String {
     process.arguments = ["-c", "%A", path]
     let pipe = Pipe()
     process.standardOutput = pipe
-    guard (try? process.run()) != nil else { return "?" }
+    guard (try? Spawning.serially({ try process.run() })) != nil else { return "?" }
     let data = pipe.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
     return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)

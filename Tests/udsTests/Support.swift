@@ -117,7 +117,7 @@ enum Tools {
         process.standardInput = FileHandle.nullDevice
         let exited = DispatchSemaphore(value: 0)
         process.terminationHandler = { _ in exited.signal() }
-        do { try process.run() } catch { return "" }
+        do { try Spawning.serially { try process.run() } } catch { return "" }
         let output = OutputCollector(descriptor: dup(pipe.fileHandleForReading.fileDescriptor))
         try? pipe.fileHandleForReading.close()
         if exited.wait(timeout: .now() + 10) == .timedOut {
@@ -219,7 +219,7 @@ final class Child: Sendable {
         process.standardOutput = out
         process.standardError = err
         process.standardInput = inPipe ?? FileHandle.nullDevice
-        try process.run()
+        try Spawning.serially { try process.run() }
         self.process = process
         // Own duplicates of the descriptors, so their lifetime is ours alone.
         stdout = OutputCollector(descriptor: dup(out.fileHandleForReading.fileDescriptor))
@@ -564,3 +564,15 @@ enum Classic {
 /// What `uds echo-server` prints for the readiness probe (a connect that sends
 /// nothing): the classic transcript of an empty session.
 let probeSession = ["connection from ", "received b''", "no data from ", "waiting for a connection"]
+
+/// Foundation's `Process.run()` is not safe to call from several threads at
+/// once on Linux: a full parallel run crashed in it (a copy from freed
+/// memory) and, before that, started children that behaved as if given
+/// another child's set-up. The tests spawn one child at a time.
+enum Spawning {
+    private static let lock = Mutex(())
+
+    static func serially<R>(_ body: () throws -> R) rethrows -> R {
+        try lock.withLock { _ in try body() }
+    }
+}
