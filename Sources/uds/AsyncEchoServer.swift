@@ -13,20 +13,14 @@ extension EchoServer {
         let showPeer = self.showPeer
         let format = FrameOptions.format(frame, maxFrame: maxFrame)
         let onGlobal = executor == .global
-        let server = AsyncStreamServer(listener: listener, logger: logger) { connection, endpoint, context in
+        let serve: AsyncStreamServer.Handler = { connection, endpoint, context in
             // Stream peers are endpoints; this server is a Unix one.
             let peer = endpoint.unixAddress ?? .unnamed
-            await onChosenExecutor(global: onGlobal) {
-                transcript.opened(context.id)
-                if let format {
-                    await echoFrames(connection, format: format, peer: peer, id: context.id, showPeer: showPeer, transcript: transcript)
-                    return
-                }
-                await echo(
-                    connection, peer: peer, id: context.id, chunk: chunk, showPeer: showPeer, loop: connection.eventLoop,
-                    transcript: transcript)
-            }
+            transcript.opened(context.id)
+            await echo(connection, peer: peer, id: context.id, chunk: chunk, format: format, showPeer: showPeer, transcript: transcript)
         }
+        // Chosen once, so that a task on the loop holds no frame for the choice.
+        let server = AsyncStreamServer(listener: listener, logger: logger, handler: onGlobal ? onGlobalExecutor(serve) : serve)
         try await serveGracefully(server, transcript: transcript)
     }
 
@@ -80,11 +74,34 @@ extension EchoServer {
 /// Runs `body` where --executor says: on the connection's loop, where the
 /// server already runs it, or with `global` on Swift's thread pool (a thread
 /// hop per wake-up, to measure what that costs).
+@inline(never)
 private func onChosenExecutor(global: Bool, _ body: () async -> Void) async {
     if global {
         await withTaskExecutorPreference(globalConcurrentExecutor) { await body() }
     } else {
         await body()
+    }
+}
+
+/// `handler` on Swift's thread pool, for --executor global.
+private func onGlobalExecutor(_ handler: @escaping AsyncStreamServer.Handler) -> AsyncStreamServer.Handler {
+    { connection, peer, context in
+        try await withTaskExecutorPreference(globalConcurrentExecutor) { try await handler(connection, peer, context) }
+    }
+}
+
+/// Echoes one stream connection, whole frames if `format` is given. Not
+/// inlined, nor are the two ways: an idle connection's task holds the frames
+/// of the functions it waits in, so they hold only what the wait needs.
+@inline(never)
+private func echo(
+    _ connection: AsyncStreamSocket, peer: UnixAddress, id: Int, chunk: Int, format: FrameFormat?, showPeer: Bool,
+    transcript: Transcript
+) async {
+    if let format {
+        await echoFrames(connection, format: format, peer: peer, id: id, showPeer: showPeer, transcript: transcript)
+    } else {
+        await echo(connection, peer: peer, id: id, chunk: chunk, showPeer: showPeer, transcript: transcript)
     }
 }
 
@@ -122,36 +139,23 @@ private func echo(
     }
 }
 
+@inline(never)
 private func echo(
-    _ connection: AsyncStreamSocket, peer: UnixAddress, id: Int, chunk: Int, showPeer: Bool,
-    loop: EventLoop, transcript: Transcript
+    _ connection: AsyncStreamSocket, peer: UnixAddress, id: Int, chunk: Int, showPeer: Bool, transcript: Transcript
 ) async {
-    defer {
-        try? connection.close()
-        transcript.closed(id)
-    }
     // An echo server has no use for descriptors a client sends: plain recv.
     connection.keepsIncomingDescriptors = false
-    transcript.connected(
-        peer, client: id,
-        identity: showPeer ? { PeerIdentity(credentials: try? connection.peerCredentials(), process: try? connection.peerProcess()) } : nil)
+    announce(connection, peer: peer, id: id, showPeer: showPeer, transcript: transcript)
     do {
         while true {
             try await connection.readable()
             var unsent: [UInt8] = []
-            let count: Int? = try withBuffer(loop: loop, size: chunk) { (scratch) throws(SocketError) in
-                guard let count = try connection.tryRead(into: scratch) else { return nil }
-                let data = UnsafeRawBufferPointer(rebasing: scratch[..<count])
-                transcript.say("received \(pythonBytesLiteral(data))", client: id)
-                guard count > 0 else { return 0 }
-                transcript.say("sending data back to the client", client: id)
-                let written = try connection.tryWrite(data) ?? 0
-                if written < count { unsent = Array(data[written...]) }
-                return count
+            guard let count = try echoReady(connection, id: id, chunk: chunk, unsent: &unsent, transcript: transcript) else {
+                continue
             }
             if count == 0 {
                 transcript.say("no data from \(peer.classicText)", client: id)
-                return
+                break
             }
             // The peer is not reading as fast as it writes: wait for it, holding
             // only what it has not taken yet.
@@ -159,6 +163,32 @@ private func echo(
         }
     } catch {
         if !ShutdownSignals.received.load(ordering: .acquiring) { transcript.report(error) }
+    }
+    try? connection.close()
+    transcript.closed(id)
+}
+
+private func announce(_ connection: AsyncStreamSocket, peer: UnixAddress, id: Int, showPeer: Bool, transcript: Transcript) {
+    transcript.connected(
+        peer, client: id,
+        identity: showPeer ? { PeerIdentity(credentials: try? connection.peerCredentials(), process: try? connection.peerProcess()) } : nil)
+}
+
+/// Reads what is there into the loop's scratch buffer and writes it straight
+/// back: the count read (0 at the end), `nil` if nothing was there after all;
+/// what the peer could not take yet is left in `unsent`.
+private func echoReady(
+    _ connection: AsyncStreamSocket, id: Int, chunk: Int, unsent: inout [UInt8], transcript: Transcript
+) throws(SocketError) -> Int? {
+    try withBuffer(loop: connection.eventLoop, size: chunk) { (scratch) throws(SocketError) in
+        guard let count = try connection.tryRead(into: scratch) else { return nil }
+        let data = UnsafeRawBufferPointer(rebasing: scratch[..<count])
+        transcript.say("received \(pythonBytesLiteral(data))", client: id)
+        guard count > 0 else { return 0 }
+        transcript.say("sending data back to the client", client: id)
+        let written = try connection.tryWrite(data) ?? 0
+        if written < count { unsent = Array(data[written...]) }
+        return count
     }
 }
 

@@ -236,23 +236,38 @@ public final class AsyncServer<Listener: ServableListener>: Sendable {
         for connection in remaining { try? connection.close() }
     }
 
+    /// Runs the handler. Kept apart from what follows it, and not inlined
+    /// into the task's closure: an idle connection's task holds this frame
+    /// while the handler waits, so it holds only what the wait needs.
+    @inline(never)
     private func serve(_ connection: Listener.Connection, _ peer: Listener.Peer, _ context: ConnectionContext) async {
+        var failure: (any Error)?
         do {
             try await handler(connection, peer, context)
         } catch {
+            failure = error
+        }
+        finish(connection, id: context.id, failure: failure)
+    }
+
+    /// Reports what the handler threw (unless it is the shutdown's cut),
+    /// closes the connection and forgets it.
+    @inline(never)
+    private func finish(_ connection: Listener.Connection, id: Int, failure: (any Error)?) {
+        if let error = failure {
             let cut = state.withLock { $0.cut }
             // What a cut connection's handler throws is the cut, not a fault.
             let isCut = cut && (error is CancellationError || (error as? SocketError)?.code == .closed)
             if !isCut {
                 logger?.warning("connection handler failed", metadata: [
-                    LogKey.connection: "\(context.id)", LogKey.error: "\(error)",
+                    LogKey.connection: "\(id)", LogKey.error: "\(error)",
                 ])
-                onConnectionError?(error, context.id)
+                onConnectionError?(error, id)
             }
         }
         try? connection.close()
         let change = state.withLock { state -> Flare? in
-            state.connections[context.id] = nil
+            state.connections[id] = nil
             return state.deadline != nil && state.connections.isEmpty ? state.takeChange() : nil
         }
         change?.fire()
