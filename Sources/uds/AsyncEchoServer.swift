@@ -146,11 +146,12 @@ private func echo(
     // An echo server has no use for descriptors a client sends: plain recv.
     connection.keepsIncomingDescriptors = false
     announce(connection, peer: peer, id: id, showPeer: showPeer, transcript: transcript)
+    let loop = connection.eventLoop
     do {
         while true {
             try await connection.readable()
             var unsent: [UInt8] = []
-            guard let count = try echoReady(connection, id: id, chunk: chunk, unsent: &unsent, transcript: transcript) else {
+            guard let count = try echoReady(connection, loop: loop, id: id, chunk: chunk, unsent: &unsent, transcript: transcript) else {
                 continue
             }
             if count == 0 {
@@ -178,9 +179,9 @@ private func announce(_ connection: AsyncStreamSocket, peer: UnixAddress, id: In
 /// back: the count read (0 at the end), `nil` if nothing was there after all;
 /// what the peer could not take yet is left in `unsent`.
 private func echoReady(
-    _ connection: AsyncStreamSocket, id: Int, chunk: Int, unsent: inout [UInt8], transcript: Transcript
+    _ connection: AsyncStreamSocket, loop: EventLoop, id: Int, chunk: Int, unsent: inout [UInt8], transcript: Transcript
 ) throws(SocketError) -> Int? {
-    try withBuffer(loop: connection.eventLoop, size: chunk) { (scratch) throws(SocketError) in
+    try withBuffer(loop: loop, size: chunk) { (scratch) throws(SocketError) in
         guard let count = try connection.tryRead(into: scratch) else { return nil }
         let data = UnsafeRawBufferPointer(rebasing: scratch[..<count])
         transcript.say("received \(pythonBytesLiteral(data))", client: id)

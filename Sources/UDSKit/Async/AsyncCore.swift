@@ -135,14 +135,18 @@ final class AsyncCore: Sendable {
         try await registration.wait(direction, after: blockedAt, deadline: deadline, operation: operation)
     }
 
-    /// A stream read that returned less than asked (but not the end) drained the socket.
-    static func drained(_ requested: Int) -> (Int) -> Bool {
-        { count in count > 0 && count < requested }
+    /// Whether a stream read of `count` bytes, of `requested`, drained the
+    /// socket: less than asked, but not the end. Called from a closure literal
+    /// at each call site: a closure returned from here would be allocated per call.
+    @inline(__always)
+    static func drains(_ count: Int, of requested: Int) -> Bool {
+        count > 0 && count < requested
     }
 
-    /// A write that took less than offered filled the socket.
-    static func filled(_ offered: Int) -> (Int) -> Bool {
-        { count in count < offered }
+    /// Whether a write that took `count` bytes, of `offered`, filled the socket.
+    @inline(__always)
+    static func fills(_ count: Int, of offered: Int) -> Bool {
+        count < offered
     }
 
     // MARK: Operations shared by the async socket types
@@ -195,7 +199,7 @@ final class AsyncCore: Sendable {
     func writeAll(_ buffer: UnsafeRawBufferPointer, deadline: ContinuousClock.Instant?) async throws {
         var remaining = buffer
         while !remaining.isEmpty {
-            let written = try await perform(.write, "write", deadline: deadline, exhausted: Self.filled(remaining.count)) {
+            let written = try await perform(.write, "write", deadline: deadline, exhausted: { Self.fills($0, of: remaining.count) }) {
                 handle.writeAttempt($0, remaining)
             }
             remaining = UnsafeRawBufferPointer(rebasing: remaining[written...])

@@ -139,7 +139,7 @@ public final class AsyncStreamSocket: Socket, ByteStreamSocket, AsyncSocket, @un
 
     /// Reads what has arrived, waiting for something if nothing has; 0 at the end of the stream.
     public func read(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration? = nil) async throws -> Int {
-        try await asyncCore.perform(.read, "read", deadline: handle.deadline(timeout, .read), exhausted: AsyncCore.drained(buffer.count)) {
+        try await asyncCore.perform(.read, "read", deadline: handle.deadline(timeout, .read), exhausted: { AsyncCore.drains($0, of: buffer.count) }) {
             (fd) throws(SocketError) in try handle.readAttempt(fd, buffer)
         }
     }
@@ -148,7 +148,7 @@ public final class AsyncStreamSocket: Socket, ByteStreamSocket, AsyncSocket, @un
     public func read(upTo maximumCount: Int, timeout: Duration? = nil) async throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: maximumCount)
         let count = try await asyncCore.perform(
-            .read, "read", deadline: handle.deadline(timeout, .read), exhausted: AsyncCore.drained(maximumCount)
+            .read, "read", deadline: handle.deadline(timeout, .read), exhausted: { AsyncCore.drains($0, of: maximumCount) }
         ) { (fd) throws(SocketError) in
             try bytes.withUnsafeMutableBytes { buffer in
                 Result { () throws(SocketError) in try handle.readAttempt(fd, buffer) }
@@ -165,7 +165,7 @@ public final class AsyncStreamSocket: Socket, ByteStreamSocket, AsyncSocket, @un
         var filled = 0
         while filled < buffer.count {
             let rest = UnsafeMutableRawBufferPointer(rebasing: buffer[filled...])
-            let count = try await asyncCore.perform(.read, "read", deadline: deadline, exhausted: AsyncCore.drained(rest.count)) {
+            let count = try await asyncCore.perform(.read, "read", deadline: deadline, exhausted: { AsyncCore.drains($0, of: rest.count) }) {
                 (fd) throws(SocketError) in try handle.readAttempt(fd, rest)
             }
             if count == 0 {
@@ -186,7 +186,7 @@ public final class AsyncStreamSocket: Socket, ByteStreamSocket, AsyncSocket, @un
 
     /// Reads without waiting: `nil` if nothing has arrived, 0 at the end of the stream.
     public func tryRead(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> Int? {
-        try asyncCore.attempt(.read, "read", exhausted: AsyncCore.drained(buffer.count)) { (fd) throws(SocketError) in
+        try asyncCore.attempt(.read, "read", exhausted: { AsyncCore.drains($0, of: buffer.count) }) { (fd) throws(SocketError) in
             try handle.readAttempt(fd, buffer)
         }
     }
@@ -200,7 +200,7 @@ public final class AsyncStreamSocket: Socket, ByteStreamSocket, AsyncSocket, @un
 
     /// Writes some of `buffer` and returns how much, waiting until something can be written.
     public func write(_ buffer: UnsafeRawBufferPointer, timeout: Duration? = nil) async throws -> Int {
-        try await asyncCore.perform(.write, "write", deadline: handle.deadline(timeout, .write), exhausted: AsyncCore.filled(buffer.count)) {
+        try await asyncCore.perform(.write, "write", deadline: handle.deadline(timeout, .write), exhausted: { AsyncCore.fills($0, of: buffer.count) }) {
             handle.writeAttempt($0, buffer)
         }
     }
@@ -218,7 +218,7 @@ public final class AsyncStreamSocket: Socket, ByteStreamSocket, AsyncSocket, @un
 
     /// Writes without waiting: how much was written, or `nil` if nothing could be.
     public func tryWrite(_ buffer: UnsafeRawBufferPointer) throws(SocketError) -> Int? {
-        try asyncCore.attempt(.write, "write", exhausted: AsyncCore.filled(buffer.count)) { handle.writeAttempt($0, buffer) }
+        try asyncCore.attempt(.write, "write", exhausted: { AsyncCore.fills($0, of: buffer.count) }) { handle.writeAttempt($0, buffer) }
     }
 
     /// Waits until a write may succeed. May be a false positive.

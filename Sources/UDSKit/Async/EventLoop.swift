@@ -161,6 +161,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         var stopping = false
         // Kept alive until the thread ends: the selector may still name them.
         var stranded: [Registration] = []
+        let executor = asUnownedTaskExecutor()
         while true {
             // Run what is ready; jobs they enqueue run in the next pass, after
             // the selector had a look, so one busy connection cannot starve others.
@@ -181,7 +182,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
                 }
             }
             for job in batch {
-                job.runSynchronously(on: asUnownedTaskExecutor())
+                job.runSynchronously(on: executor)
             }
             batch.removeAll(keepingCapacity: true)
 

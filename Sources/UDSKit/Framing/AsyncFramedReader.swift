@@ -41,7 +41,7 @@ public final class AsyncFramedReader: AsyncSequence {
                 return frame
             case .read(let room):
                 let count = try await socket.asyncCore.perform(
-                    .read, "read", deadline: deadline, exhausted: AsyncCore.drained(room.count)
+                    .read, "read", deadline: deadline, exhausted: { AsyncCore.drains($0, of: room.count) }
                 ) { (fd) throws(SocketError) in
                     try socket.handle.readAttempt(fd, room)
                 }

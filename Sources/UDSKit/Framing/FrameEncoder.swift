@@ -116,7 +116,7 @@ extension AsyncCore {
         var sent = 0
         while sent < envelope.total {
             let offered = envelope.total - sent
-            sent += try await perform(.write, "write", deadline: deadline, exhausted: AsyncCore.filled(offered)) { fd in
+            sent += try await perform(.write, "write", deadline: deadline, exhausted: { AsyncCore.fills($0, of: offered) }) { fd in
                 send(fd, sent)
             }
         }
