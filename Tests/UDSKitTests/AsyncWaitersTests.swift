@@ -202,14 +202,19 @@ private func nonBlockingSend(_ fd: CInt, _ bytes: [UInt8]) throws -> Bool {
 
 /// Starts `count` tasks that each wait once with `timeout`, and collects how
 /// each ended.
+/// With `scoped`, each waits inside `withSocketCancellationScope`.
 private func startWaiters(
-    _ operation: WaitingOperation, count: Int, timeout: Duration?
+    _ operation: WaitingOperation, count: Int, timeout: Duration?, scoped: Bool = false
 ) -> (tasks: [Task<Void, any Error>], started: StartCount) {
     let started = StartCount()
     let tasks = (0..<count).map { _ in
         Task {
             started.value.add(1, ordering: .relaxed)
-            try await operation.wait(timeout)
+            if scoped {
+                try await withSocketCancellationScope { try await operation.wait(timeout) }
+            } else {
+                try await operation.wait(timeout)
+            }
         }
     }
     return (tasks, started)
@@ -270,9 +275,29 @@ struct AsyncWaitersTests {
 
     @Test("cancelling the waiters ends each of them", arguments: WaitingKind.allCases, counts)
     func cancellationEndsEveryWaiter(kind: WaitingKind, count: Int) async throws {
+        try await cancelHalfThenTheRest(kind: kind, count: count, scoped: false)
+    }
+
+    @Test("cancelling waiters that each share one handler in a scope ends each of them", arguments: WaitingKind.allCases, counts)
+    func cancellationEndsEveryScopedWaiter(kind: WaitingKind, count: Int) async throws {
+        try await cancelHalfThenTheRest(kind: kind, count: count, scoped: true)
+    }
+
+    @Test("readiness wakes every waiter in a scope", arguments: WaitingKind.allCases)
+    func readinessWakesEveryScopedWaiter(kind: WaitingKind) async throws {
         let operation = try await kind.make()
         defer { try? operation.close() }
-        let (tasks, started) = startWaiters(operation, count: count, timeout: nil)
+        let (tasks, started) = startWaiters(operation, count: 2, timeout: generous, scoped: true)
+        try await letThemWait(started, count: 2)
+        try await operation.release(2)
+        for result in await outcomes(tasks) { #expect(throws: Never.self) { try result.get() } }
+        withExtendedLifetime(operation.keepAlive) {}
+    }
+
+    private func cancelHalfThenTheRest(kind: WaitingKind, count: Int, scoped: Bool) async throws {
+        let operation = try await kind.make()
+        defer { try? operation.close() }
+        let (tasks, started) = startWaiters(operation, count: count, timeout: generous, scoped: scoped)
         try await letThemWait(started, count: count)
         // Half are cancelled; the other half must go on waiting, unharmed.
         for task in tasks.prefix(count / 2) { task.cancel() }

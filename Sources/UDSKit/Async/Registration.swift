@@ -211,61 +211,85 @@ final class Registration: Sendable {
         _ direction: Direction, after observed: UInt64, deadline: ContinuousClock.Instant?,
         operation: String
     ) async throws {
-        // Set by the suspending closure; read by the cancellation handler.
+        if let scope = CancellationScope.ofCurrentTask {
+            // The scope's one handler ends whichever wait is current.
+            try await suspend(direction, after: observed, deadline: deadline, operation: operation) { id in
+                scope.enter(self, direction, id: id)
+            }
+            return
+        }
+        // Set once the waiter is listed; read by the cancellation handler.
         let waitID = Atomic<UInt64>(UInt64.max)
         try await withTaskCancellationHandler {
-            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
-                var timer: LoopTimer?
-                let outcome: (any Error)?? = waiters.withLock { waiters in
-                    if waiters.closed { return .some(handle.error(operation, code: .closed)) }
-                    if Task.isCancelled { return .some(CancellationError()) }
-                    // Readiness came while the caller was trying, or the direction
-                    // ended and no edge will ever come again: try again.
-                    // Listed first, then the tick checked: see `handle(_:)`.
-                    waiterCount.add(1, ordering: .sequentiallyConsistent)
-                    let current =
-                        direction == .read
-                        ? readTick.load(ordering: .sequentiallyConsistent)
-                        : writeTick.load(ordering: .sequentiallyConsistent)
-                    if current != observed || hasEnded(direction) {
-                        waiterCount.subtract(1, ordering: .sequentiallyConsistent)
-                        return .some(nil)
-                    }
-                    waiters.nextID += 1
-                    let id = waiters.nextID
-                    timer = deadline.map { deadline in
-                        // The timer lets go of the registration as soon as the wait
-                        // ends another way (it is cancelled then), so it never
-                        // keeps a dropped socket open.
-                        LoopTimer(deadline: deadline) { [self] _ in
-                            abandon(direction, id: id, with: handle.error(operation, code: .timedOut))
-                        }
-                    }
-                    let waiter = Waiter(id: id, operation: operation, continuation: continuation, timer: timer)
-                    _ = waiters.list(direction) { list in
-                        list.append(waiter)
-                        return nil
-                    }
-                    waitID.store(id, ordering: .releasing)
-                    return nil
-                }
-                switch outcome {
-                case .some(.some(let error)): continuation.resume(throwing: error)
-                case .some(.none): continuation.resume()
-                case .none:
-                    // If the wait already ended, the timer is cancelled and harmless.
-                    if let timer { loop.schedule(timer) }
-                }
+            try await suspend(direction, after: observed, deadline: deadline, operation: operation) { id in
+                waitID.store(id, ordering: .releasing)
             }
         } onCancel: {
             // Before the waiter is listed, the ID is still UInt64.max, which
-            // matches nobody; the listing then sees Task.isCancelled itself.
+            // matches nobody; the waiter then sees Task.isCancelled itself.
             abandon(direction, id: waitID.load(ordering: .acquiring), with: CancellationError())
         }
     }
 
+    /// Suspends until an event, the deadline, a close or an abandonment ends
+    /// the wait; `listed` learns the waiter's ID, for cancellation to name it.
+    @inline(__always)
+    private func suspend(
+        _ direction: Direction, after observed: UInt64, deadline: ContinuousClock.Instant?,
+        operation: String, listed: (UInt64) -> Void
+    ) async throws {
+        try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
+            var timer: LoopTimer?
+            var listedID: UInt64 = 0
+            let outcome: (any Error)?? = waiters.withLock { waiters in
+                if waiters.closed { return .some(handle.error(operation, code: .closed)) }
+                // Readiness came while the caller was trying, or the direction
+                // ended and no edge will ever come again: try again.
+                // Listed first, then the tick checked: see `handle(_:)`.
+                waiterCount.add(1, ordering: .sequentiallyConsistent)
+                let current =
+                    direction == .read
+                    ? readTick.load(ordering: .sequentiallyConsistent)
+                    : writeTick.load(ordering: .sequentiallyConsistent)
+                if current != observed || hasEnded(direction) {
+                    waiterCount.subtract(1, ordering: .sequentiallyConsistent)
+                    return .some(nil)
+                }
+                waiters.nextID += 1
+                let id = waiters.nextID
+                timer = deadline.map { deadline in
+                    // The timer lets go of the registration as soon as the wait
+                    // ends another way (it is cancelled then), so it never
+                    // keeps a dropped socket open.
+                    LoopTimer(deadline: deadline) { [self] _ in
+                        abandon(direction, id: id, with: handle.error(operation, code: .timedOut))
+                    }
+                }
+                let waiter = Waiter(id: id, operation: operation, continuation: continuation, timer: timer)
+                _ = waiters.list(direction) { list in
+                    list.append(waiter)
+                    return nil
+                }
+                listedID = id
+                listed(id)
+                return nil
+            }
+            switch outcome {
+            case .some(.some(let error)): continuation.resume(throwing: error)
+            case .some(.none): continuation.resume()
+            case .none:
+                // A task cancelled before `listed` had no ID to end: it is
+                // seen here (its flag is set before any handler runs).
+                // Ending a wait twice does nothing.
+                if Task.isCancelled { abandon(direction, id: listedID, with: CancellationError()) }
+                // If the wait already ended, the timer is cancelled and harmless.
+                if let timer { loop.schedule(timer) }
+            }
+        }
+    }
+
     /// Resumes the waiter `id` with `error`, if it is still waiting.
-    private func abandon(_ direction: Direction, id: UInt64, with error: any Error) {
+    func abandon(_ direction: Direction, id: UInt64, with error: any Error) {
         let waiter = waiters.withLock { waiters in
             let removed = waiters.list(direction) { $0.remove(id: id) }
             if removed != nil { waiterCount.subtract(1, ordering: .sequentiallyConsistent) }

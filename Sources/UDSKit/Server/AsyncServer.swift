@@ -243,7 +243,8 @@ public final class AsyncServer<Listener: ServableListener>: Sendable {
     private func serve(_ connection: Listener.Connection, _ peer: Listener.Peer, _ context: ConnectionContext) async {
         var failure: (any Error)?
         do {
-            try await handler(connection, peer, context)
+            // One cancellation handler for all the connection's waits.
+            try await withSocketCancellationScope { try await handler(connection, peer, context) }
         } catch {
             failure = error
         }
