@@ -28,7 +28,8 @@
 // bound wide. Percentiles are reported as the bucket's midpoint: the error is
 // at most 1/256 (0.4%). The maximum is exact.
 //
-// Server CPU (-p PID): utime + stime from /proc/PID/stat (all its threads) at the
+// Server CPU (-p PID): utime + stime from /proc/PID/stat (all its threads), and
+// utime alone (the server's own code, whatever the kernel's share), at the
 // start and end of the measured window, per round trip or per MB echoed. The
 // client's own CPU time is reported the same way, so a run shows which side
 // was busy. With -B the client never sleeps (epoll_wait with timeout 0); each
@@ -214,22 +215,29 @@ static uint64_t percentile(const struct histogram *histogram, double percent) {
 
 // MARK: CPU time
 
-// A process's user + system time in microseconds, or -1.
-static double process_cpu_us(int pid) {
+// A process's user and system time in microseconds; -1 in `user` if unreadable.
+struct process_times {
+    double user;
+    double system;
+};
+
+static struct process_times process_cpu_us(int pid) {
+    struct process_times unreadable = {-1, -1};
     char path[64], text[1024];
     snprintf(path, sizeof path, "/proc/%d/stat", pid);
     FILE *file = fopen(path, "r");
-    if (file == NULL) return -1;
+    if (file == NULL) return unreadable;
     size_t length = fread(text, 1, sizeof text - 1, file);
     fclose(file);
     text[length] = 0;
     // The command name in parentheses may contain spaces: fields count from the last ')'.
     char *field = strrchr(text, ')');
-    if (field == NULL) return -1;
+    if (field == NULL) return unreadable;
     unsigned long long user = 0, system = 0;
     // Fields 3-13 are skipped; utime and stime are fields 14 and 15.
-    if (sscanf(field + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &user, &system) != 2) return -1;
-    return (double)(user + system) * 1e6 / (double)sysconf(_SC_CLK_TCK);
+    if (sscanf(field + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &user, &system) != 2) return unreadable;
+    double tick = 1e6 / (double)sysconf(_SC_CLK_TCK);
+    return (struct process_times){(double)user * tick, (double)system * tick};
 }
 
 static double own_cpu_us(void) {
@@ -240,14 +248,18 @@ static double own_cpu_us(void) {
 
 struct cpu_sample {
     double server_us;
+    /// The server's user time alone: its own code, without the kernel's share.
+    double server_user_us;
     double client_us;
 };
 
 static struct cpu_sample sample_cpu(void) {
-    struct cpu_sample sample = {-1, own_cpu_us()};
+    struct cpu_sample sample = {-1, -1, own_cpu_us()};
     if (options.server_pid > 0) {
-        sample.server_us = process_cpu_us(options.server_pid);
-        if (sample.server_us < 0) fail("cannot read /proc/%d/stat: %s", options.server_pid, strerror(errno));
+        struct process_times times = process_cpu_us(options.server_pid);
+        if (times.user < 0) fail("cannot read /proc/%d/stat: %s", options.server_pid, strerror(errno));
+        sample.server_us = times.user + times.system;
+        sample.server_user_us = times.user;
     }
     return sample;
 }
@@ -653,6 +665,7 @@ static void report(const struct histogram *histogram, uint64_t round_trips, uint
     print_number("bytes", (double)bytes, !pingpong, "%.0f");
     print_number("mb_per_s", (double)bytes / seconds / 1e6, !pingpong && seconds > 0, "%.1f");
     print_number("server_cpu_us_per_op", server_us / operations, server, "%.3f");
+    print_number("server_user_us_per_op", (after.server_user_us - before.server_user_us) / operations, server, "%.3f");
     print_number("server_cpu_util", server_us / (seconds * 1e6), server, "%.3f");
     print_number("client_cpu_us_per_op", client_us / operations, measured, "%.3f");
     print_number("client_cpu_util", client_us / (seconds * 1e6), measured, "%.3f");
@@ -797,7 +810,7 @@ int main(int argc, char **argv) {
     uint64_t round_trips = 0, bytes = 0, empty_polls = 0;
     double idle_ns = 0;
     double seconds = 0;
-    struct cpu_sample before = {-1, 0}, after = {-1, 0};
+    struct cpu_sample before = {-1, -1, 0}, after = {-1, -1, 0};
     for (int index = 0; index < options.connections; index++) connections[index].fd = -1;
     for (int index = 0; index < options.connections && !stopped(); index++) {
         connections[index].index = index;
