@@ -375,10 +375,3 @@ extension AsyncMessageSocket {
         Messages(core: asyncCore, maximumSize: maximumSize)
     }
 }
-
-extension ContinuousClock.Instant {
-    /// The deadline `timeout` from now; `nil` (wait forever) for no timeout.
-    static func after(_ timeout: Duration?) -> ContinuousClock.Instant? {
-        timeout.map { ContinuousClock.now.advanced(by: $0) }
-    }
-}

@@ -203,7 +203,7 @@ public final class StreamSocket: Socket, ByteStreamSocket, @unchecked Sendable {
         let first = try handle.blocking(.write, "sendmsg", deadline: deadline) { (fd, flags) in
             handle.sendWithDescriptorsAttempt(fd, buffer, numbers, to: nil, flags: flags)
         }
-        try writeAll(UnsafeRawBufferPointer(rebasing: buffer[first...]), timeout: deadline.map { ContinuousClock.now.duration(to: $0) })
+        try writeAll(UnsafeRawBufferPointer(rebasing: buffer[first...]), timeout: deadline.map { Deadline.now.duration(to: $0) })
     }
 
     /// Writes every byte, with `descriptors` riding on the first.

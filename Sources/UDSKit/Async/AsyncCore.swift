@@ -68,7 +68,7 @@ final class AsyncCore: Sendable {
     /// system call to hear "would block" (as a C epoll server does, and tokio).
     @inline(__always)
     func perform<R>(
-        _ direction: Registration.Direction, _ operation: String, deadline: ContinuousClock.Instant?,
+        _ direction: Registration.Direction, _ operation: String, deadline: Deadline?,
         exhausted: (R) -> Bool = { _ in false }, naming destination: String? = nil,
         _ attempt: (CInt) throws(SocketError) -> Result<R, Errno>
     ) async throws -> R {
@@ -129,7 +129,7 @@ final class AsyncCore: Sendable {
 
     /// Waits until an operation in `direction` may succeed. Readiness can be a
     /// false positive: the next attempt may still say it would block.
-    func ready(_ direction: Registration.Direction, deadline: ContinuousClock.Instant?, operation: String) async throws {
+    func ready(_ direction: Registration.Direction, deadline: Deadline?, operation: String) async throws {
         let blockedAt = blockedTick(direction)
         guard blockedAt != Self.unknownTick, !registration.hasEnded(direction) else { return }
         try await registration.wait(direction, after: blockedAt, deadline: deadline, operation: operation)
@@ -155,7 +155,7 @@ final class AsyncCore: Sendable {
     /// checked before any system call.
     func send(
         _ buffer: UnsafeRawBufferPointer, descriptors: [FileDescriptor], to address: UnixAddress?, needsData: Bool,
-        deadline: ContinuousClock.Instant?
+        deadline: Deadline?
     ) async throws -> Int {
         let numbers = try handle.validate(descriptors, with: buffer, needsData: needsData)
         return try await perform(.write, "sendmsg", deadline: deadline, naming: address?.description) {
@@ -164,7 +164,7 @@ final class AsyncCore: Sendable {
     }
 
     /// Receives one message of at most `maximumSize` bytes as an array.
-    func receiveMessage(maximumSize: Int, deadline: ContinuousClock.Instant?) async throws -> (bytes: [UInt8], receipt: ReceivedMessage) {
+    func receiveMessage(maximumSize: Int, deadline: Deadline?) async throws -> (bytes: [UInt8], receipt: ReceivedMessage) {
         var bytes = [UInt8](repeating: 0, count: maximumSize)
         let wantSender = handle.kind == .datagram
         let receipt = try await perform(.read, "recvmsg", deadline: deadline) { (fd) throws(SocketError) in
@@ -179,7 +179,7 @@ final class AsyncCore: Sendable {
     /// Receives with room for the kernel's limit of descriptors, after those
     /// that plain reads kept; on failure the kept ones are put back.
     func receiveWithDescriptors(
-        into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool, deadline: ContinuousClock.Instant?
+        into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool, deadline: Deadline?
     ) async throws -> (ReceivedMessage, [ReceivedDescriptor]) {
         try handle.requireUnix(handle.receiveOperation, "passing descriptors")
         let earlier = try handle.takeKept()
@@ -196,7 +196,7 @@ final class AsyncCore: Sendable {
         }
     }
 
-    func writeAll(_ buffer: UnsafeRawBufferPointer, deadline: ContinuousClock.Instant?) async throws {
+    func writeAll(_ buffer: UnsafeRawBufferPointer, deadline: Deadline?) async throws {
         var remaining = buffer
         while !remaining.isEmpty {
             let written = try await perform(.write, "write", deadline: deadline, exhausted: { Self.fills($0, of: remaining.count) }) {
@@ -210,7 +210,7 @@ final class AsyncCore: Sendable {
     /// handle (the caller registers it). Gets through the failures
     /// ``AcceptRecovery`` lists, pausing on the loop's own timers: a server
     /// out of descriptors must not need the global executor's threads.
-    func accept(policy: AccessPolicy, deadline: ContinuousClock.Instant?) async throws -> (SocketHandle, Endpoint) {
+    func accept(policy: AccessPolicy, deadline: Deadline?) async throws -> (SocketHandle, Endpoint) {
         var recovery = AcceptRecovery()
         while true {
             // Noted before the attempt: a connection that comes after it moves the tick.
@@ -261,8 +261,8 @@ final class AsyncCore: Sendable {
     }
 
     /// Waits `pause` on the loop's timers, but not past `deadline`.
-    private func pause(_ pause: Duration, until deadline: ContinuousClock.Instant?, operation: String) async throws {
-        var end = ContinuousClock.now.advanced(by: pause)
+    private func pause(_ pause: Duration, until deadline: Deadline?, operation: String) async throws {
+        var end = Deadline.now.advanced(by: pause)
         if let deadline {
             if deadline <= .now { throw handle.error(operation, code: .timedOut) }
             end = min(end, deadline)
@@ -278,7 +278,7 @@ final class AsyncCore: Sendable {
     /// answers EAGAIN and gives no readiness event for it, so the attempt is
     /// repeated with a growing pause; an in-progress connection (TCP) is
     /// awaited through writability.
-    func connect(deadline: ContinuousClock.Instant?, _ start: (CInt) -> Result<Void, Errno>) async throws {
+    func connect(deadline: Deadline?, _ start: (CInt) -> Result<Void, Errno>) async throws {
         var pause = Duration.microseconds(100)
         while true {
             let observed = registration.tick(.write)
@@ -312,7 +312,7 @@ final class AsyncCore: Sendable {
     /// and tokio's default resolvers for numeric and local names.
     static func connect(
         to endpoint: Endpoint, kind: SocketKind, from localAddress: UnixAddress?, bindOptions: BindOptions,
-        deadline: ContinuousClock.Instant?, on loop: EventLoop
+        deadline: Deadline?, on loop: EventLoop
     ) async throws -> AsyncCore {
         switch try SocketHandle.forConnecting(
             to: endpoint, kind: kind, from: localAddress, bindOptions: bindOptions, nonBlocking: true)

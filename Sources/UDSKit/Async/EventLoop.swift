@@ -262,7 +262,11 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
     /// descriptors cannot count on.
     /// - Throws: `CancellationError` if the task is cancelled; ``SocketError``
     ///   `.closed` if the loop shuts down first.
-    public func sleep(until deadline: ContinuousClock.Instant) async throws {
+    public func sleep(until instant: ContinuousClock.Instant) async throws {
+        try await sleep(until: Deadline(instant))
+    }
+
+    func sleep(until deadline: Deadline) async throws {
         let sleeper = Sleeper()
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
@@ -278,7 +282,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
 
     /// Suspends for `duration`; see ``sleep(until:)``.
     public func sleep(for duration: Duration) async throws {
-        try await sleep(until: .now.advanced(by: duration))
+        try await sleep(until: ContinuousClock.now.advanced(by: duration))
     }
 
     // MARK: Registrations and timers
@@ -489,7 +493,7 @@ private struct LoopThread: @unchecked Sendable {
 /// heap until they reach its top or the heap is compacted, so a busy program
 /// whose operations finish well before their timeouts does not pile them up.
 final class LoopTimer: Sendable {
-    let deadline: ContinuousClock.Instant
+    let deadline: Deadline
     /// Runs with `true` when the loop stopped before the deadline. Dropped
     /// when the timer is cancelled or fires, so that what it captures (a
     /// waiting socket) is not kept alive by a timer that no longer matters.
@@ -497,7 +501,7 @@ final class LoopTimer: Sendable {
     /// 0 pending, 1 cancelled, 2 fired.
     private let state = Atomic<UInt8>(0)
 
-    init(deadline: ContinuousClock.Instant, action: @escaping @Sendable (_ loopStopped: Bool) -> Void) {
+    init(deadline: Deadline, action: @escaping @Sendable (_ loopStopped: Bool) -> Void) {
         self.deadline = deadline
         self.action = Mutex(action)
     }
@@ -533,7 +537,7 @@ struct TimerHeap {
     }
 
     /// -1 if there is no timer: wait for readiness alone.
-    mutating func millisecondsUntilNext(now: ContinuousClock.Instant) -> CInt {
+    mutating func millisecondsUntilNext(now: Deadline) -> CInt {
         while let first = entries.first, first.isCancelled { _ = removeFirst() }
         guard let first = entries.first else { return -1 }
         let remaining = now.duration(to: first.deadline)
@@ -546,7 +550,7 @@ struct TimerHeap {
 
     /// Removes the timers due at `now`, soonest first, for the caller to fire
     /// once this heap is no longer being changed: an action may arm a timer.
-    mutating func takeDue(now: ContinuousClock.Instant) -> [LoopTimer] {
+    mutating func takeDue(now: Deadline) -> [LoopTimer] {
         var due: [LoopTimer] = []
         while let first = entries.first, first.deadline <= now { due.append(removeFirst()) }
         return due

@@ -96,7 +96,7 @@ extension SocketHandle {
     }
 
     /// Writes one frame of `format`, continuing after partial writes.
-    func writeFrame(_ frame: UnsafeRawBufferPointer, format: FrameFormat, deadline: ContinuousClock.Instant?) throws(SocketError) {
+    func writeFrame(_ frame: UnsafeRawBufferPointer, format: FrameFormat, deadline: Deadline?) throws(SocketError) {
         let envelope = try envelope(of: frame, format: format)
         var sent = 0
         while sent < envelope.total {
@@ -111,7 +111,7 @@ extension AsyncCore {
     /// ``FrameEnvelope/send(_:_:from:)``), so that the caller can lend an
     /// array's bytes for each attempt instead of across a suspension.
     func writeFrame(
-        _ envelope: FrameEnvelope, deadline: ContinuousClock.Instant?, _ send: (CInt, Int) -> Result<Int, Errno>
+        _ envelope: FrameEnvelope, deadline: Deadline?, _ send: (CInt, Int) -> Result<Int, Errno>
     ) async throws {
         var sent = 0
         while sent < envelope.total {

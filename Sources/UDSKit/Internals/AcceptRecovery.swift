@@ -122,7 +122,7 @@ extension SocketHandle {
     /// through the failures ``AcceptRecovery`` lists; blocking listeners
     /// pause by sleeping the thread.
     func acceptRecovering<Accepted>(
-        deadline: ContinuousClock.Instant?, _ attempt: () throws(SocketError) -> Accepted
+        deadline: Deadline?, _ attempt: () throws(SocketError) -> Accepted
     ) throws(SocketError) -> Accepted {
         var recovery = AcceptRecovery()
         while true {
@@ -138,7 +138,7 @@ extension SocketHandle {
                         try awaitReady(fd, .read, "accept", deadline: deadline)
                     }
                 case .pause(let pause):
-                    if let deadline, ContinuousClock.now.advanced(by: pause) > deadline {
+                    if let deadline, Deadline.now.advanced(by: pause) > deadline {
                         throw self.error("accept", code: .timedOut)
                     }
                     Sys.sleep(for: pause)

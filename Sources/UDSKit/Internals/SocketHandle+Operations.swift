@@ -43,9 +43,9 @@ extension SocketHandle {
     /// so the call is made again, within what is left of `timeout`.
     func connect(to address: UnixAddress, timeout: Duration? = nil) throws(SocketError) {
         currentLabel = address.description
-        let deadline = timeout.map { ContinuousClock.now.advanced(by: $0) }
+        let deadline = timeout.map { Deadline.now.advanced(by: $0) }
         while true {
-            let remaining = deadline.map { ContinuousClock.now.duration(to: $0) }
+            let remaining = deadline.map { Deadline.now.duration(to: $0) }
             if let remaining, remaining <= .zero { throw error("connect", code: .timedOut) }
             let interrupted = try connect(timeout: remaining, interruption: .retry) { fd in
                 address.withSockaddr { Sys.connect(fd, $0, $1) }
@@ -295,7 +295,7 @@ extension SocketHandle {
     /// descriptor's own flags, which another process may share, are left
     /// alone). A descriptor that is non-blocking anyway waits in `poll` too.
     func blocking<R>(
-        _ direction: Registration.Direction, _ operation: String, deadline: ContinuousClock.Instant?,
+        _ direction: Registration.Direction, _ operation: String, deadline: Deadline?,
         naming destination: String? = nil, _ attempt: (CInt, CInt) throws(SocketError) -> Result<R, Errno>
     ) throws(SocketError) -> R {
         try withDescriptor(operation) { (fd) throws(SocketError) in
@@ -324,12 +324,12 @@ extension SocketHandle {
     /// close on another thread shuts the socket down), or fails with
     /// `.timedOut` at `deadline`.
     func awaitReady(
-        _ fd: CInt, _ direction: Registration.Direction, _ operation: String, deadline: ContinuousClock.Instant?
+        _ fd: CInt, _ direction: Registration.Direction, _ operation: String, deadline: Deadline?
     ) throws(SocketError) {
         while true {
             var milliseconds: CInt = -1
             if let deadline {
-                let remaining = ContinuousClock.now.duration(to: deadline)
+                let remaining = Deadline.now.duration(to: deadline)
                 if remaining <= .zero { throw error(operation, code: .timedOut) }
                 milliseconds = CInt(clamping: remaining.roundedUpMilliseconds)
             }
@@ -344,7 +344,7 @@ extension SocketHandle {
     /// Receives with room for the kernel's limit of descriptors, after those
     /// that plain reads kept; on failure the kept ones are put back.
     func receiveWithDescriptors(
-        into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool, deadline: ContinuousClock.Instant?
+        into buffer: UnsafeMutableRawBufferPointer, wantSender: Bool, deadline: Deadline?
     ) throws(SocketError) -> (ReceivedMessage, [ReceivedDescriptor]) {
         try requireUnix(receiveOperation, "passing descriptors")
         let earlier = try takeKept()
@@ -454,7 +454,7 @@ extension SocketHandle {
     /// process, which expects it so): with a deadline, `poll` waits for a
     /// connection, and if another thread takes that one first, the accept
     /// waits for the next.
-    func accept(admitting policy: AccessPolicy, deadline: ContinuousClock.Instant?) throws(SocketError) -> (SocketHandle, Endpoint) {
+    func accept(admitting policy: AccessPolicy, deadline: Deadline?) throws(SocketError) -> (SocketHandle, Endpoint) {
         while true {
             let (connection, peer) = try acceptRecovering(deadline: deadline) { () throws(SocketError) in
                 try blocking(.read, "accept", deadline: deadline) { (fd, _) throws(SocketError) in

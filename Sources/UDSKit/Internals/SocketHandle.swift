@@ -136,12 +136,12 @@ extension SocketHandle {
     /// The deadline of an operation in `direction`: `timeout` from now, or
     /// if it names none, the socket's default for that direction.
     @inline(__always)
-    func deadline(_ timeout: Duration?, _ direction: Registration.Direction) -> ContinuousClock.Instant? {
-        if let timeout { return ContinuousClock.now.advanced(by: timeout) }
+    func deadline(_ timeout: Duration?, _ direction: Registration.Direction) -> Deadline? {
+        if let timeout { return Deadline.now.advanced(by: timeout) }
         let nanoseconds =
             direction == .read
             ? defaultReadTimeout.load(ordering: .relaxed) : defaultWriteTimeout.load(ordering: .relaxed)
-        return nanoseconds < 0 ? nil : ContinuousClock.now.advanced(by: .nanoseconds(nanoseconds))
+        return nanoseconds < 0 ? nil : Deadline.now.advanced(by: .nanoseconds(nanoseconds))
     }
 
     func setDefaultTimeout(_ timeout: Duration?, _ direction: Registration.Direction) throws(SocketError) {
