@@ -105,7 +105,7 @@ struct CancellationScopeTests {
         let value = await withSocketCancellationScope { 42 }
         #expect(value == 42)
         await #expect(throws: SocketError.self) {
-            try await withSocketCancellationScope { () throws(SocketError) in
+            try await withSocketCancellationScope { () throws in
                 throw SocketError("read", code: .closed)
             }
         }

@@ -20,23 +20,14 @@ import Synchronization
 ///
 /// Only the task that entered the scope uses it: child tasks started inside
 /// (which inherit task-local values) install their own handler per wait.
-public func withSocketCancellationScope<T, Failure: Error>(
-    _ body: () async throws(Failure) -> T
-) async throws(Failure) -> T {
+public func withSocketCancellationScope<T>(_ body: () async throws -> T) async rethrows -> T {
     let scope = CancellationScope()
     // The handler outlives every wait in the body; `scope` is what they share.
-    let outcome: Result<T, Failure> = await withTaskCancellationHandler {
-        await CancellationScope.$current.withValue(scope) {
-            do throws(Failure) {
-                return .success(try await body())
-            } catch {
-                return .failure(error)
-            }
-        }
+    return try await withTaskCancellationHandler {
+        try await CancellationScope.$current.withValue(scope) { try await body() }
     } onCancel: {
         scope.cancel()
     }
-    return try outcome.get()
 }
 
 /// What the waits of one task in ``withSocketCancellationScope(_:)`` share
@@ -85,8 +76,9 @@ final class CancellationScope: Sendable {
     }
 
     /// The task was cancelled: end the current wait, if one is suspended.
+    /// Also what a wait outside a scope uses, with a scope of its own.
     /// Ending a wait that has already ended does nothing.
-    fileprivate func cancel() {
+    func cancel() {
         let current = waiting.withLock { waiting -> (Registration, Registration.Direction, UInt64)? in
             guard waiting.isActive, let registration = waiting.registration else { return nil }
             waiting.isActive = false

@@ -208,84 +208,91 @@ final class Registration: Sendable {
     /// - Throws: `CancellationError` if the task is cancelled, ``SocketError``
     ///   `.timedOut` at `deadline`, `.closed` if the socket closes meanwhile.
     func wait(
-        _ direction: Direction, after observed: UInt64, deadline: ContinuousClock.Instant?,
+        _ direction: Direction, after observed: UInt64, deadline: Deadline?,
         operation: String
     ) async throws {
-        if let scope = CancellationScope.ofCurrentTask {
-            // The scope's one handler ends whichever wait is current.
-            try await suspend(direction, after: observed, deadline: deadline, operation: operation) { id in
-                scope.enter(self, direction, id: id)
-            }
-            return
+        guard let scope = CancellationScope.ofCurrentTask else {
+            return try await waitWithOwnHandler(direction, after: observed, deadline: deadline, operation: operation)
         }
-        // Set once the waiter is listed; read by the cancellation handler.
-        let waitID = Atomic<UInt64>(UInt64.max)
-        try await withTaskCancellationHandler {
-            try await suspend(direction, after: observed, deadline: deadline, operation: operation) { id in
-                waitID.store(id, ordering: .releasing)
-            }
-        } onCancel: {
-            // Before the waiter is listed, the ID is still UInt64.max, which
-            // matches nobody; the waiter then sees Task.isCancelled itself.
-            abandon(direction, id: waitID.load(ordering: .acquiring), with: CancellationError())
+        // The scope's one handler ends whichever wait is current.
+        try await withUnsafeThrowingContinuation { continuation in
+            listOrResume(continuation, direction, after: observed, deadline: deadline, operation: operation, scope: scope)
         }
     }
 
-    /// Suspends until an event, the deadline, a close or an abandonment ends
-    /// the wait; `listed` learns the waiter's ID, for cancellation to name it.
-    @inline(__always)
-    private func suspend(
-        _ direction: Direction, after observed: UInt64, deadline: ContinuousClock.Instant?,
-        operation: String, listed: (UInt64) -> Void
+    /// A wait outside a cancellation scope: a scope of its own, with its own
+    /// handler. Kept apart, so that a scoped wait's frame (which an idle
+    /// connection holds) has no room for this one's.
+    @inline(never)
+    private func waitWithOwnHandler(
+        _ direction: Direction, after observed: UInt64, deadline: Deadline?,
+        operation: String
     ) async throws {
-        try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<Void, any Error>) in
-            var timer: LoopTimer?
-            var listedID: UInt64 = 0
-            let outcome: (any Error)?? = waiters.withLock { waiters in
-                if waiters.closed { return .some(handle.error(operation, code: .closed)) }
-                // Readiness came while the caller was trying, or the direction
-                // ended and no edge will ever come again: try again.
-                // Listed first, then the tick checked: see `handle(_:)`.
-                waiterCount.add(1, ordering: .sequentiallyConsistent)
-                let current =
-                    direction == .read
-                    ? readTick.load(ordering: .sequentiallyConsistent)
-                    : writeTick.load(ordering: .sequentiallyConsistent)
-                if current != observed || hasEnded(direction) {
-                    waiterCount.subtract(1, ordering: .sequentiallyConsistent)
-                    return .some(nil)
+        let scope = CancellationScope()
+        try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { continuation in
+                listOrResume(continuation, direction, after: observed, deadline: deadline, operation: operation, scope: scope)
+            }
+        } onCancel: {
+            scope.cancel()
+        }
+    }
+
+    /// Lists a waiter for `continuation` and tells `scope` its ID, or resumes
+    /// it at once: the socket closed, or readiness moved past `observed`
+    /// while the caller was trying (or the direction ended, and no edge will
+    /// ever come again), so the caller tries again. Synchronous, so that what
+    /// it needs is not kept across the suspension.
+    private func listOrResume(
+        _ continuation: UnsafeContinuation<Void, any Error>, _ direction: Direction, after observed: UInt64,
+        deadline: Deadline?, operation: String, scope: CancellationScope
+    ) {
+        let listing: Listing = waiters.withLock { waiters in
+            if waiters.closed { return .resume(handle.error(operation, code: .closed)) }
+            // Listed first, then the tick checked: see `handle(_:)`.
+            waiterCount.add(1, ordering: .sequentiallyConsistent)
+            let current =
+                direction == .read
+                ? readTick.load(ordering: .sequentiallyConsistent)
+                : writeTick.load(ordering: .sequentiallyConsistent)
+            if current != observed || hasEnded(direction) {
+                waiterCount.subtract(1, ordering: .sequentiallyConsistent)
+                return .resume(nil)
+            }
+            waiters.nextID += 1
+            let id = waiters.nextID
+            let timer = deadline.map { deadline in
+                // The timer lets go of the registration as soon as the wait
+                // ends another way (it is cancelled then), so it never
+                // keeps a dropped socket open.
+                LoopTimer(deadline: deadline) { [self] _ in
+                    abandon(direction, id: id, with: handle.error(operation, code: .timedOut))
                 }
-                waiters.nextID += 1
-                let id = waiters.nextID
-                timer = deadline.map { deadline in
-                    // The timer lets go of the registration as soon as the wait
-                    // ends another way (it is cancelled then), so it never
-                    // keeps a dropped socket open.
-                    LoopTimer(deadline: deadline) { [self] _ in
-                        abandon(direction, id: id, with: handle.error(operation, code: .timedOut))
-                    }
-                }
-                let waiter = Waiter(id: id, operation: operation, continuation: continuation, timer: timer)
-                _ = waiters.list(direction) { list in
-                    list.append(waiter)
-                    return nil
-                }
-                listedID = id
-                listed(id)
+            }
+            let waiter = Waiter(id: id, operation: operation, continuation: continuation, timer: timer)
+            _ = waiters.list(direction) { list in
+                list.append(waiter)
                 return nil
             }
-            switch outcome {
-            case .some(.some(let error)): continuation.resume(throwing: error)
-            case .some(.none): continuation.resume()
-            case .none:
-                // A task cancelled before `listed` had no ID to end: it is
-                // seen here (its flag is set before any handler runs).
-                // Ending a wait twice does nothing.
-                if Task.isCancelled { abandon(direction, id: listedID, with: CancellationError()) }
-                // If the wait already ended, the timer is cancelled and harmless.
-                if let timer { loop.schedule(timer) }
-            }
+            scope.enter(self, direction, id: id)
+            return .listed(id: id, timer: timer)
         }
+        switch listing {
+        case .resume(let error?): continuation.resume(throwing: error)
+        case .resume(nil): continuation.resume()
+        case .listed(let id, let timer):
+            // A task cancelled before `scope` knew the ID had nothing to end:
+            // it is seen here (its flag is set before any handler runs).
+            // Ending a wait twice does nothing.
+            if Task.isCancelled { abandon(direction, id: id, with: CancellationError()) }
+            // If the wait already ended, the timer is cancelled and harmless.
+            if let timer { loop.schedule(timer) }
+        }
+    }
+
+    private enum Listing {
+        case resume((any Error)?)
+        case listed(id: UInt64, timer: LoopTimer?)
     }
 
     /// Resumes the waiter `id` with `error`, if it is still waiting.
