@@ -146,6 +146,13 @@ private func echo(
     // An echo server has no use for descriptors a client sends: plain recv.
     connection.keepsIncomingDescriptors = false
     announce(connection, peer: peer, id: id, showPeer: showPeer, transcript: transcript)
+    let failure = await echoUntilEnd(connection, id: id, chunk: chunk, transcript: transcript)
+    finish(connection, peer: peer, id: id, failure: failure, transcript: transcript)
+}
+
+/// Echoes until the end of the stream (`nil`) or a failure.
+@inline(never)
+private func echoUntilEnd(_ connection: AsyncStreamSocket, id: Int, chunk: Int, transcript: Transcript) async -> (any Error)? {
     let loop = connection.eventLoop
     do {
         while true {
@@ -154,16 +161,29 @@ private func echo(
             guard let count = try echoReady(connection, loop: loop, id: id, chunk: chunk, unsent: &unsent, transcript: transcript) else {
                 continue
             }
-            if count == 0 {
-                transcript.say("no data from \(peer.classicText)", client: id)
-                break
-            }
+            if count == 0 { return nil }
             // The peer is not reading as fast as it writes: wait for it, holding
             // only what it has not taken yet.
-            if !unsent.isEmpty { try await connection.writeAll(unsent) }
+            if !unsent.isEmpty { try await writeAll(unsent, to: connection) }
         }
     } catch {
-        if !ShutdownSignals.received.load(ordering: .acquiring) { transcript.report(error) }
+        return error
+    }
+}
+
+/// The slow path, apart: its frame is only there while the peer is slow.
+@inline(never)
+private func writeAll(_ unsent: [UInt8], to connection: AsyncStreamSocket) async throws {
+    try await connection.writeAll(unsent)
+}
+
+/// Says how the connection ended, and closes it.
+@inline(never)
+private func finish(_ connection: AsyncStreamSocket, peer: UnixAddress, id: Int, failure: (any Error)?, transcript: Transcript) {
+    if let failure {
+        if !ShutdownSignals.received.load(ordering: .acquiring) { transcript.report(failure) }
+    } else {
+        transcript.say("no data from \(peer.classicText)", client: id)
     }
     try? connection.close()
     transcript.closed(id)
@@ -178,6 +198,7 @@ private func announce(_ connection: AsyncStreamSocket, peer: UnixAddress, id: In
 /// Reads what is there into the loop's scratch buffer and writes it straight
 /// back: the count read (0 at the end), `nil` if nothing was there after all;
 /// what the peer could not take yet is left in `unsent`.
+@inline(never)
 private func echoReady(
     _ connection: AsyncStreamSocket, loop: EventLoop, id: Int, chunk: Int, unsent: inout [UInt8], transcript: Transcript
 ) throws(SocketError) -> Int? {
