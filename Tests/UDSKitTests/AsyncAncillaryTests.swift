@@ -35,11 +35,11 @@ struct AsyncAncillaryTests {
         let message = UnsafeMutableRawBufferPointer.allocate(byteCount: 1, alignment: 1)
         defer { message.deallocate() }
         message[0] = UInt8(ascii: "x")
-        try await first.writeAll(UnsafeRawBufferPointer(message), descriptors: [FileDescriptor(rawValue: pipe.write)], timeout: .seconds(20))
+        try await first.writeAll(UnsafeRawBufferPointer(message), descriptors: [FileDescriptor(rawValue: pipe.write)], timeout: endsRatherThanHangs)
         close(pipe.write)  // the peer holds its own copy now
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 1)
         defer { buffer.deallocate() }
-        let (received, descriptors) = try await second.receiveWithDescriptors(into: buffer, timeout: .seconds(20))
+        let (received, descriptors) = try await second.receiveWithDescriptors(into: buffer, timeout: endsRatherThanHangs)
         let count = received.count
         #expect(count == 1)
         #expect(descriptors.count == 1)
@@ -60,12 +60,12 @@ struct AsyncAncillaryTests {
         one[0] = 42
         try await first.writeAll(UnsafeRawBufferPointer(one), descriptors: [FileDescriptor(rawValue: pipe.write)])
         close(pipe.write)
-        #expect(try await second.read(upTo: 16, timeout: .seconds(20)) == [42])
+        #expect(try await second.read(upTo: 16, timeout: endsRatherThanHangs) == [42])
         // The byte is gone, its descriptor is not: it comes with the next receive.
         try await first.writeAll([7])
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 16, alignment: 1)
         defer { buffer.deallocate() }
-        let (received, descriptors) = try await second.receiveWithDescriptors(into: buffer, timeout: .seconds(20))
+        let (received, descriptors) = try await second.receiveWithDescriptors(into: buffer, timeout: endsRatherThanHangs)
         let count = received.count
         #expect(count == 1 && buffer[0] == 7)
         #expect(descriptors.count == 1)
@@ -105,7 +105,7 @@ struct AsyncAncillaryTests {
             try? seqB.close()
         }
         try await seqA.send(UnsafeRawBufferPointer(payload), descriptors: [FileDescriptor(rawValue: pipe.write)])
-        let (message, descriptors) = try await seqB.receiveWithDescriptors(into: buffer, timeout: .seconds(20))
+        let (message, descriptors) = try await seqB.receiveWithDescriptors(into: buffer, timeout: endsRatherThanHangs)
         #expect(message.count == 3 && !message.isTruncated)
         #expect(descriptors.count == 1)
         if let received = descriptors.first { try expectUsable(received, readEnd: pipe.read) }
@@ -117,7 +117,7 @@ struct AsyncAncillaryTests {
             try? sender.close()
         }
         try await sender.send(UnsafeRawBufferPointer(payload), descriptors: [FileDescriptor(rawValue: pipe.write)], to: try receiver.localAddress())
-        let (datagram, passed) = try await receiver.receiveWithDescriptors(into: buffer, timeout: .seconds(20))
+        let (datagram, passed) = try await receiver.receiveWithDescriptors(into: buffer, timeout: endsRatherThanHangs)
         #expect(datagram.count == 3)
         #expect(datagram.sender?.kind == .unnamed)
         #expect(passed.count == 1)
@@ -154,11 +154,11 @@ struct AsyncAncillaryTests {
             try? refused.close()
             try? admitted.close()
         }
-        let (connection, _) = try await listener.accept(timeout: .seconds(20))
+        let (connection, _) = try await listener.accept(timeout: endsRatherThanHangs)
         defer { try? connection.close() }
         #expect(try connection.peerAddress() == (try admitted.localAddress()))
         // The refused client sees its connection end.
-        let ended = try? await refused.read(upTo: 1, timeout: .seconds(20))
+        let ended = try? await refused.read(upTo: 1, timeout: endsRatherThanHangs)
         #expect(ended == nil || ended == [])
         let recorded = refusals.withLock { $0 }
         #expect(recorded.map(\.pidUidGid) == [PeerCredentials(processID: getpid(), userID: getuid(), groupID: getgid())])

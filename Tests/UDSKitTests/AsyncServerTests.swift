@@ -192,26 +192,25 @@ struct AsyncServerTests {
     @Test func runTwiceIsAnError() async throws {
         let listener = try AsyncStreamListener.bind(to: uniqueAbstractAddress("twice"))
         let server = AsyncStreamServer(listener: listener) { _, _, _ in }
-        let running = Task { try await server.run() }
-        // Whichever call comes second fails; the first runs until shutdown.
-        let second = Task { try await server.run() }
-        var outcomes: [Bool] = []
-        do {
-            try await second.value
-            outcomes.append(true)
-        } catch {
-            #expect(error as? AsyncServerError == .alreadyRun)
-            outcomes.append(false)
+        // Whichever call comes second fails at once; the first runs until the
+        // shutdown, which comes only after that failure.
+        await withTaskGroup(of: Result<Void, any Error>.self) { group in
+            for _ in 0..<2 {
+                group.addTask {
+                    do {
+                        try await server.run()
+                        return .success(())
+                    } catch {
+                        return .failure(error)
+                    }
+                }
+            }
+            let first = await group.next()!
+            #expect(throws: AsyncServerError.alreadyRun) { try first.get() }
+            server.shutdown(gracePeriod: .zero)
+            let second = await group.next()!
+            #expect(throws: Never.self) { try second.get() }
         }
-        server.shutdown(gracePeriod: .zero)
-        do {
-            try await running.value
-            outcomes.append(true)
-        } catch {
-            #expect(error as? AsyncServerError == .alreadyRun)
-            outcomes.append(false)
-        }
-        #expect(outcomes.filter { $0 }.count == 1 && outcomes.count == 2)
         await #expect(throws: AsyncServerError.alreadyRun) { try await server.run() }
     }
 
@@ -424,9 +423,9 @@ struct AsyncServerTests {
 /// `DescriptorLeakTests`).
 @Suite("AsyncServer descriptors")
 struct AsyncServerDescriptorTests {
-    @Test func aServerLeavesNoDescriptorInAChildProcess() throws {
-        try withTemporaryDirectory { directory in
-            let child = try runTestInChildProcess(named: "serverRoundsInChildProcess", in: directory)
+    @Test func aServerLeavesNoDescriptorInAChildProcess() async throws {
+        try await withTemporaryDirectoryAsync { directory in
+            let child = try await runTestInChildProcess(named: "serverRoundsInChildProcess", in: directory)
             #expect(child.reason == .exit)
             #expect(child.status == 0, "child output:\n\(child.output)")
             let result = try #require(child.result, "no result from the child; output:\n\(child.output)")

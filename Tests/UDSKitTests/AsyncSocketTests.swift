@@ -97,7 +97,7 @@ struct AsyncSocketTests {
             var received: [UInt8] = []
             received.reserveCapacity(message.count)
             while true {
-                let chunk = try await client.read(upTo: 65536, timeout: .seconds(20))
+                let chunk = try await client.read(upTo: 65536, timeout: endsRatherThanHangs)
                 if chunk.isEmpty { break }
                 received += chunk
             }
@@ -125,7 +125,7 @@ struct AsyncSocketTests {
         #expect(throws: CancellationError.self) { try result.get() }
         // No waiter was left behind: the next read gets the next bytes.
         try await second.writeAll(Array("after".utf8))
-        #expect(try await first.read(upTo: 16, timeout: .seconds(20)) == Array("after".utf8))
+        #expect(try await first.read(upTo: 16, timeout: endsRatherThanHangs) == Array("after".utf8))
     }
 
     /// The last bytes and the peer's close arrive as one readiness edge. A read
@@ -141,7 +141,7 @@ struct AsyncSocketTests {
             async let all: [UInt8] = {
                 var all: [UInt8] = []
                 while true {
-                    let chunk = try await reader.read(upTo: 65536, timeout: .seconds(20))
+                    let chunk = try await reader.read(upTo: 65536, timeout: endsRatherThanHangs)
                     if chunk.isEmpty { return all }
                     all += chunk
                 }
@@ -170,7 +170,7 @@ struct AsyncSocketTests {
         #expect(elapsed < endsRatherThanHangs)
         // The socket still works after a timeout.
         try await second.writeAll([1, 2, 3])
-        #expect(try await first.read(upTo: 16, timeout: .seconds(20)) == [1, 2, 3])
+        #expect(try await first.read(upTo: 16, timeout: endsRatherThanHangs) == [1, 2, 3])
     }
 
     @Test func closingWakesAWaitingReadWithClosed() async throws {
@@ -204,7 +204,7 @@ struct AsyncSocketTests {
         var received: [UInt8] = []
         received.reserveCapacity(message.count)
         while true {
-            let chunk = try await readerSide.read(upTo: 1 << 20, timeout: .seconds(20))
+            let chunk = try await readerSide.read(upTo: 1 << 20, timeout: endsRatherThanHangs)
             if chunk.isEmpty { break }
             received += chunk
         }
@@ -238,7 +238,7 @@ struct AsyncSocketTests {
         }
         for round in 0..<200 {
             try await first.writeAll([UInt8(truncatingIfNeeded: round)])
-            #expect(try await second.read(upTo: 1, timeout: .seconds(20)) == [UInt8(truncatingIfNeeded: round)])
+            #expect(try await second.read(upTo: 1, timeout: endsRatherThanHangs) == [UInt8(truncatingIfNeeded: round)])
         }
     }
 
@@ -251,7 +251,7 @@ struct AsyncSocketTests {
         var buffer = [UInt8](repeating: 0, count: 8)
         let nothing = try buffer.withUnsafeMutableBytes { try first.tryRead(into: $0) }
         #expect(nothing == nil)
-        let waiter = Task { try await first.readable(timeout: .seconds(20)) }
+        let waiter = Task { try await first.readable(timeout: endsRatherThanHangs) }
         try await Task.sleep(for: .milliseconds(50))
         try await second.writeAll([9, 8, 7])
         try await waiter.value
@@ -259,7 +259,7 @@ struct AsyncSocketTests {
         #expect(count == 3)
         #expect(Array(buffer[..<3]) == [9, 8, 7])
         try second.shutdown(.write)
-        try await first.readable(timeout: .seconds(20))
+        try await first.readable(timeout: endsRatherThanHangs)
         #expect(try buffer.withUnsafeMutableBytes { try first.tryRead(into: $0) } == 0)
     }
 
@@ -269,7 +269,7 @@ struct AsyncSocketTests {
             let client = try await AsyncStreamSocket.connect(to: address, on: loop)
             defer { try? client.close() }
             try await client.writeAll(Array("ping".utf8))
-            #expect(try await client.read(upTo: 4, timeout: .seconds(20)) == Array("ping".utf8))
+            #expect(try await client.read(upTo: 4, timeout: endsRatherThanHangs) == Array("ping".utf8))
         }
     }
 
@@ -320,7 +320,7 @@ struct AsyncSocketTests {
         let listener = try AsyncSeqpacketListener.bind(to: try uniqueAbstractAddress("seq"))
         defer { try? listener.close() }
         let server = Task {
-            let (connection, _) = try await listener.accept(timeout: .seconds(20))
+            let (connection, _) = try await listener.accept(timeout: endsRatherThanHangs)
             defer { try? connection.close() }
             var echoed = 0
             for try await message in connection.messages(maximumSize: 1 << 17) {
@@ -335,7 +335,7 @@ struct AsyncSocketTests {
         defer { buffer.deallocate() }
         for message in messages {
             try await client.send(message)
-            let receipt = try await client.receive(into: buffer, timeout: .seconds(20))
+            let receipt = try await client.receive(into: buffer, timeout: endsRatherThanHangs)
             let echoed = Array(buffer[..<receipt.count])
             #expect(echoed.count == message.count)
             #expect(echoed == message, "the echo differs from what was sent")

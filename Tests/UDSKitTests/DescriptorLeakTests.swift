@@ -108,9 +108,9 @@ struct DescriptorLeakTests {
 
     // MARK: In a quiet child process
 
-    @Test func descriptorCountIsUnchangedInAChildProcess() throws {
-        try withTemporaryDirectory { directory in
-            let child = try runTestInChildProcess(named: "cyclesInChildProcess", in: directory)
+    @Test func descriptorCountIsUnchangedInAChildProcess() async throws {
+        try await withTemporaryDirectoryAsync { directory in
+            let child = try await runTestInChildProcess(named: "cyclesInChildProcess", in: directory)
             #expect(child.reason == .exit)
             #expect(child.status == 0, "child output:\n\(child.output)")
             // The child must really have run the cycles: a filter that matched

@@ -727,9 +727,9 @@ struct DescriptorPassingTests {
     /// The other cause of MSG_CTRUNC: the receiver is out of descriptor numbers
     /// (RLIMIT_NOFILE). The limit is lowered in a child process, where no
     /// other test is disturbed by it.
-    @Test func runningOutOfDescriptorsWhileReceivingIsTruncation() throws {
-        try withTemporaryDirectory { directory in
-            let child = try runTestInChildProcess(named: "outOfDescriptorsInChildProcess", in: directory)
+    @Test func runningOutOfDescriptorsWhileReceivingIsTruncation() async throws {
+        try await withTemporaryDirectoryAsync { directory in
+            let child = try await runTestInChildProcess(named: "outOfDescriptorsInChildProcess", in: directory)
             #expect(child.reason == .exit)
             #expect(child.status == 0, "child output:\n\(child.output)")
             let result = try #require(child.result, "no result from the child; output:\n\(child.output)")
@@ -933,9 +933,9 @@ struct DescriptorPassingTests {
     /// and ignored, kept and dropped, taken and closed, or never read: the set
     /// of open descriptors is the same before and after. Counted in a child
     /// process, where no other test opens or closes descriptors.
-    @Test func passingLeavesNoDescriptorBehind() throws {
-        try withTemporaryDirectory { directory in
-            let child = try runTestInChildProcess(named: "passingRoundsInChildProcess", in: directory)
+    @Test func passingLeavesNoDescriptorBehind() async throws {
+        try await withTemporaryDirectoryAsync { directory in
+            let child = try await runTestInChildProcess(named: "passingRoundsInChildProcess", in: directory)
             #expect(child.reason == .exit)
             #expect(child.status == 0, "child output:\n\(child.output)")
             let result = try #require(child.result, "no result from the child; output:\n\(child.output)")

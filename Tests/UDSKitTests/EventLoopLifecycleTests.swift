@@ -12,14 +12,18 @@ private func threadCount() -> Int {
 @Suite("Event loop lifecycle")
 struct EventLoopLifecycleTests {
     /// Run in a child process: other tests open threads and descriptors in
-    /// this one, and the check is exact.
-    @Test func aThousandLoopsStartedAndShutDownLeaveNothingBehind() throws {
-        try withTemporaryDirectory { directory in
-            let child = try runTestInChildProcess(named: "thousandLoopsInChildProcess", in: directory)
+    /// this one, and the check is exact (for threads: none more).
+    @Test func aThousandLoopsStartedAndShutDownLeaveNothingBehind() async throws {
+        try await withTemporaryDirectoryAsync { directory in
+            let child = try await runTestInChildProcess(named: "thousandLoopsInChildProcess", in: directory)
             #expect(child.reason == .exit)
             #expect(child.status == 0, "child output:\n\(child.output)")
             let result = try #require(child.result, "no result from the child; output:\n\(child.output)")
-            #expect(result["threadsBefore"] == result["threadsAfter"], "\(result)")
+            // No loop thread is left; a worker of the global executor may
+            // have ended meanwhile (an idle one does), so fewer is fine.
+            let before = try #require(result["threadsBefore"].flatMap { Int($0) }, "\(result)")
+            let after = try #require(result["threadsAfter"].flatMap { Int($0) }, "\(result)")
+            #expect(after <= before, "\(result)")
             #expect(result["descriptorsBefore"] == result["descriptorsAfter"], "\(result)")
             #expect(result["threadsDuring"] != result["threadsBefore"], "the loops did start threads: \(result)")
         }
@@ -175,9 +179,9 @@ struct ConnectInterruptedTests {
     /// the call must not come back "connected" on a socket that is not, but
     /// go on until the listener has room, and then be connected for real.
     /// In a child process: the handler is process-wide.
-    @Test func aUnixConnectInterruptedBySignalsCompletesForReal() throws {
-        try withTemporaryDirectory { directory in
-            let child = try runTestInChildProcess(named: "interruptedConnectInChildProcess", in: directory)
+    @Test func aUnixConnectInterruptedBySignalsCompletesForReal() async throws {
+        try await withTemporaryDirectoryAsync { directory in
+            let child = try await runTestInChildProcess(named: "interruptedConnectInChildProcess", in: directory)
             #expect(child.reason == .exit)
             #expect(child.status == 0, "child output:\n\(child.output)")
             let result = try #require(child.result, "no result from the child; output:\n\(child.output)")

@@ -297,11 +297,11 @@ struct SocketFilePermissionsTests {
     /// A bind whose hand-over fails (an unprivileged process may not give the
     /// file away) fails naming chown, and leaves no socket file. Run in a child
     /// process that gives up root, so this process keeps its privileges.
-    @Test func aFailedHandOverLeavesNoFile() throws {
+    @Test func aFailedHandOverLeavesNoFile() async throws {
         try requireRoot("the child gives up root to be refused")
-        try withTemporaryDirectory { directory in
+        try await withTemporaryDirectoryAsync { directory in
             chmod(directory.path, 0o777)
-            let child = try runTestInChildProcess(named: "handOverFailsInChildProcess", in: directory)
+            let child = try await runTestInChildProcess(named: "handOverFailsInChildProcess", in: directory)
             #expect(child.reason == .exit)
             #expect(child.status == 0, "child output:\n\(child.output)")
             let result = try #require(child.result, "no result from the child; output:\n\(child.output)")

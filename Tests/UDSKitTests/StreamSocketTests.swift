@@ -348,9 +348,9 @@ struct StreamSocketTests {
 
     /// Writes to closed peers, with SIGPIPE's default action (terminate the
     /// process) in force, in a child process: the child must exit normally.
-    @Test func writingToAClosedPeerRaisesNoSIGPIPE() throws {
-        try withTemporaryDirectory { directory in
-            let child = try runTestInChildProcess(named: "closedPeerWritesInChildProcess", in: directory)
+    @Test func writingToAClosedPeerRaisesNoSIGPIPE() async throws {
+        try await withTemporaryDirectoryAsync { directory in
+            let child = try await runTestInChildProcess(named: "closedPeerWritesInChildProcess", in: directory)
             #expect(child.reason == .exit, "the child was killed by signal \(child.status); output:\n\(child.output)")
             #expect(child.status == 0, "child output:\n\(child.output)")
             let result = try #require(child.result, "no result from the child; output:\n\(child.output)")

@@ -304,9 +304,13 @@ struct ChildOutcome {
 
 /// Runs the test `name` (a test function's name, unique in this target) in a
 /// new process of this test binary, and waits at most `timeout` for it.
+/// Async, and it waits without holding a thread: a test that blocked a
+/// thread of the cooperative pool for the seconds a child runs (two of them,
+/// on two cores) stalled every async test in the process meanwhile, past
+/// their timeouts.
 func runTestInChildProcess(
     named name: String, in directory: TemporaryDirectory, timeout: Duration = .seconds(120)
-) throws -> ChildOutcome {
+) async throws -> ChildOutcome {
     let resultPath = directory.path("\(name).result")
     let logPath = directory.path("\(name).log")
     let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
@@ -326,11 +330,17 @@ func runTestInChildProcess(
     child.standardOutput = log
     child.standardError = log
     child.standardInput = FileHandle.nullDevice
+    let (exited, exit) = AsyncStream<Void>.makeStream()
+    child.terminationHandler = { _ in exit.finish() }
     // Foundation's Process.run() is not safe from several threads at once.
     try childSpawning.withLock { _ in try child.run() }
 
-    let deadline = ContinuousClock.now + timeout
-    while child.isRunning && ContinuousClock.now < deadline { pause(.milliseconds(10)) }
+    await withTaskGroup(of: Void.self) { race in
+        race.addTask { for await _ in exited {} }
+        race.addTask { try? await Task.sleep(for: timeout) }
+        await race.next()
+        race.cancelAll()
+    }
     if child.isRunning {
         child.terminate()
         child.waitUntilExit()

@@ -232,11 +232,17 @@ struct ToolkitCLITests {
     func datagrams() async throws {
         let box = try Sandbox()
         defer { box.cleanup() }
-        let receiver = try box.uds(["recv", "./r.dgram", "--count", "3", "--timeout", "10"])
+        // The timeout only keeps a lost datagram from hanging the test. It
+        // was 10 s, and in a full parallel run this test's own task could be
+        // kept waiting longer than that between starting the receiver and
+        // sending: the receiver had timed out and removed its file, and the
+        // senders found none (the receiver was already a zombie).
+        let receiver = try box.uds(["recv", "./r.dgram", "--count", "3", "--timeout", "60"])
         #expect(try await receiver.listeningEndpoint() == "./r.dgram")
+        let whereabouts = "receiver's directory \(symbolicLink("/proc/\(receiver.pid)/cwd")), sandbox \(box.path): \(box.entries())"
 
         let first = try await box.runUDS(["send", "./r.dgram", "one", "two words"])
-        #expect(first.termination == .exited(0), "\(first.transcript)")
+        #expect(first.termination == .exited(0), "\(first.transcript)\n\(whereabouts)")
         let second = try await box.runUDS(["send", "./r.dgram", "it's\tthree", "--bind", "./me.dgram"])
         #expect(second.termination == .exited(0), "\(second.transcript)")
         #expect(fileType(box.resolve("me.dgram")) == nil, "send left its --bind file behind")
@@ -353,4 +359,13 @@ struct ToolkitCLITests {
             #expect(other.stdout.text.contains("relay"))
         }
     }
+}
+
+/// Where a symbolic link points (readlink(2): /proc's links have no size for
+/// Foundation to go by), or the errno.
+private func symbolicLink(_ path: String) -> String {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let count = readlink(path, &buffer, buffer.count - 1)
+    guard count >= 0 else { return "unreadable (errno \(errno))" }
+    return String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }

@@ -50,7 +50,8 @@ def wait_for_stderr_text(process, text, timeout=30):
 
 
 def wait_listening(path, process):
-    """Waits until /proc/net/unix lists `path` as listening (__SO_ACCEPTCON), without connecting."""
+    """Waits until /proc/net/unix lists `path` as listening (__SO_ACCEPTCON), without connecting:
+    the file exists from bind(), before listen(), and a connect in between is refused."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and process.poll() is None:
         with open("/proc/net/unix") as table:
@@ -103,7 +104,7 @@ result = {"case": case}
 path = os.path.join(directory, "served.sock")
 if case == "listen":
     server = activated([], path, ["listen", "ignored.sock"])
-    result["ready"] = wait_for(path, server)
+    result["ready"] = wait_listening(path, server)
     result["client"] = stream_client(path, b"hello from the client\n")
     result["exit"], result["stdout"], result["stderr"] = stop(server)
     result["file_left"] = os.path.exists(path)
@@ -118,16 +119,16 @@ elif case == "recv-fd":
     with open(handed, "w") as f:
         f.write("the handed file\n")
     server = activated([], path, ["recv-fd", "ignored.sock"])
-    result["ready"] = wait_for(path, server)
+    result["ready"] = wait_listening(path, server)
     result["client"] = run([uds, "send-fd", path, handed])
     result["exit"], result["stdout"], result["stderr"] = finish(server)
     result["file_left"] = os.path.exists(path)
 elif case == "relay":
     echo_path = os.path.join(directory, "echo.sock")
     echo = start([uds, "echo-server", echo_path, "--quiet"])
-    wait_for(echo_path, echo)
+    wait_listening(echo_path, echo)
     server = activated([], path, ["relay", "unix-listen:ignored.sock", echo_path])
-    result["ready"] = wait_for(path, server)
+    result["ready"] = wait_listening(path, server)
     result["client"] = run([uds, "echo-client", path, "--message", "relayed"])
     result["exit"], result["stdout"], result["stderr"] = stop(server)
     stop(echo)
@@ -146,7 +147,7 @@ elif case.startswith("refuse-") or case == "admit-listen":
     else:
         echo_path = os.path.join(directory, "echo.sock")
         echo = start([uds, "echo-server", echo_path, "--quiet"])
-        wait_for(echo_path, echo)
+        wait_listening(echo_path, echo)
         server = start([uds, "relay", "unix-listen:" + path, echo_path, *access])
     # The file appears at bind, before listen: wait until the kernel says it listens.
     result["ready"] = wait_listening(path, server)
