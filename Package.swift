@@ -50,9 +50,12 @@ let package = Package(
             ],
             swiftSettings: asyncOnTheCallersExecutor
         ),
+        // Child processes for both test targets, without Foundation's Process.
+        .target(name: "CChildProcesses", path: "Tests/CChildProcesses"),
+        .target(name: "ChildProcesses", dependencies: ["CChildProcesses"], path: "Tests/ChildProcesses"),
         .testTarget(
             name: "UDSKitTests",
-            dependencies: ["UDSKit", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["UDSKit", "ChildProcesses", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "UDSKitServiceLifecycleTests",
@@ -64,7 +67,7 @@ let package = Package(
         ),
         .testTarget(
             name: "udsTests",
-            dependencies: ["uds"],
+            dependencies: ["uds", "ChildProcesses"],
             exclude: ["Peers"]
         ),
     ],

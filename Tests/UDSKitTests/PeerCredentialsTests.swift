@@ -1,3 +1,4 @@
+import ChildProcesses
 import Foundation
 import Glibc
 import Synchronization
@@ -30,23 +31,30 @@ final class PythonPeer {
         else {
             return .failure(Missing(description: "python3 is not installed (not found on PATH); install it with `apt-get install python3`"))
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: python3)
-        process.arguments = ["-c", "import sys; print(sys.executable)"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardInput = FileHandle.nullDevice
-        do { try process.run() } catch {
+        guard let pipe = makeCloseOnExecPipe() else {
+            return .failure(Missing(description: "pipe failed: errno \(errno)"))
+        }
+        let nothing = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        defer { close(nothing) }
+        let process: SpawnedProcess
+        do {
+            process = try SpawnedProcess(
+                executable: python3, arguments: ["-c", "import sys; print(sys.executable)"],
+                standardInput: nothing, standardOutput: pipe.write, standardError: nothing)
+        } catch {
+            close(pipe.read)
+            close(pipe.write)
             return .failure(Missing(description: "\(python3) could not be started: \(error)"))
         }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
+        close(pipe.write)
+        let data = FileHandle(fileDescriptor: pipe.read, closeOnDealloc: true).readDataToEndOfFile()
+        while process.isRunning { pause(.milliseconds(1)) }
         let resolved = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         return .success(FileManager.default.isExecutableFile(atPath: resolved) ? resolved : python3)
     }()
 
     let name: String
-    let process: Process
+    let process: SpawnedProcess
     private let outputPath: String
     private let errorPath: String
 
@@ -58,31 +66,27 @@ final class PythonPeer {
         for path in [outputPath, errorPath] where !FileManager.default.createFile(atPath: path, contents: nil) {
             throw POSIXFailure(call: "create \(path)", errno: errno)
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try Self.interpreter())
-        process.arguments = ["-c", script] + arguments
-        process.currentDirectoryURL = URL(fileURLWithPath: directory.path)
-        let output = try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))
-        let errors = try FileHandle(forWritingTo: URL(fileURLWithPath: errorPath))
+        let output = open(outputPath, O_WRONLY | O_CLOEXEC)
+        let errors = open(errorPath, O_WRONLY | O_CLOEXEC)
+        let nothing = open("/dev/null", O_RDONLY | O_CLOEXEC)
         defer {
-            try? output.close()
-            try? errors.close()
+            close(output)
+            close(errors)
+            close(nothing)
         }
-        process.standardOutput = output
-        process.standardError = errors
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        self.process = process
+        process = try SpawnedProcess(
+            executable: try Self.interpreter(), arguments: ["-c", script] + arguments, directory: directory.path,
+            standardInput: nothing, standardOutput: output, standardError: errors)
     }
 
     deinit {
         if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            process.signal(SIGKILL)
+            while process.isRunning { pause(.milliseconds(1)) }
         }
     }
 
-    var pid: Int32 { process.processIdentifier }
+    var pid: Int32 { process.pid }
     var output: String { (try? readFile(outputPath)) ?? "" }
     var errors: String { (try? readFile(errorPath)) ?? "" }
     var transcript: String { "\(name) (pid \(pid)) stdout:\n\(output)\n\(name) stderr:\n\(errors)" }
@@ -93,12 +97,15 @@ final class PythonPeer {
     func waitForExit(timeout: Duration = .seconds(30)) throws -> Int32 {
         let deadline = ContinuousClock.now + timeout
         while process.isRunning && ContinuousClock.now < deadline { pause(.milliseconds(5)) }
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+        guard let termination = process.termination else {
+            process.signal(SIGKILL)
+            while process.isRunning { pause(.milliseconds(1)) }
             throw Failed(description: "\(name) did not exit within \(timeout); killed it.\n\(transcript)")
         }
-        return process.terminationReason == .exit ? process.terminationStatus : 128 + process.terminationStatus
+        switch termination {
+        case .exited(let status): return status
+        case .signaled(let signal): return 128 + signal
+        }
     }
 
     /// Waits for the exit and requires status 0.

@@ -1,3 +1,4 @@
+import ChildProcesses
 import Foundation
 import Glibc
 import Synchronization
@@ -307,7 +308,7 @@ struct ChildOutcome {
 /// Async, and it waits without holding a thread: a test that blocked a
 /// thread of the cooperative pool for the seconds a child runs (two of them,
 /// on two cores) stalled every async test in the process meanwhile, past
-/// their timeouts.
+/// their timeouts. Started with posix_spawn: see ``SpawnedProcess``.
 func runTestInChildProcess(
     named name: String, in directory: TemporaryDirectory, timeout: Duration = .seconds(120)
 ) async throws -> ChildOutcome {
@@ -315,35 +316,23 @@ func runTestInChildProcess(
     let logPath = directory.path("\(name).log")
     let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
 
-    let child = Process()
-    child.executableURL = URL(fileURLWithPath: executable)
-    child.arguments = ["--testing-library", "swift-testing", "--filter", name]
     var environment = ProcessInfo.processInfo.environment
     environment[childTestVariable] = name
     environment[childResultVariable] = resultPath
-    child.environment = environment
-    guard FileManager.default.createFile(atPath: logPath, contents: nil) else {
-        throw POSIXFailure(call: "create \(logPath)", errno: errno)
+    let log = open(logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    guard log >= 0 else { throw POSIXFailure(call: "open \(logPath)", errno: errno) }
+    let nothing = open("/dev/null", O_RDONLY | O_CLOEXEC)
+    defer {
+        close(log)
+        close(nothing)
     }
-    let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-    defer { try? log.close() }
-    child.standardOutput = log
-    child.standardError = log
-    child.standardInput = FileHandle.nullDevice
-    let (exited, exit) = AsyncStream<Void>.makeStream()
-    child.terminationHandler = { _ in exit.finish() }
-    // Foundation's Process.run() is not safe from several threads at once.
-    try childSpawning.withLock { _ in try child.run() }
-
-    await withTaskGroup(of: Void.self) { race in
-        race.addTask { for await _ in exited {} }
-        race.addTask { try? await Task.sleep(for: timeout) }
-        await race.next()
-        race.cancelAll()
-    }
-    if child.isRunning {
-        child.terminate()
-        child.waitUntilExit()
+    let child = try SpawnedProcess(
+        executable: executable, arguments: ["--testing-library", "swift-testing", "--filter", name],
+        environment: environment, standardInput: nothing, standardOutput: log, standardError: log)
+    var termination = await child.waitForExit(timeout: timeout)
+    if termination == nil {
+        child.signal(SIGKILL)
+        termination = await child.waitForExit(timeout: endsRatherThanHangs)
         Issue.record("the child process running \(name) did not finish within \(timeout)")
     }
     let output = (try? readFile(logPath)) ?? ""
@@ -355,8 +344,13 @@ func runTestInChildProcess(
         }
         return fields
     }
-    return ChildOutcome(reason: child.terminationReason, status: child.terminationStatus, output: output, result: result)
+    switch termination {
+    case .exited(let status)?:
+        return ChildOutcome(reason: .exit, status: status, output: output, result: result)
+    case .signaled(let signal)?:
+        return ChildOutcome(reason: .uncaughtSignal, status: signal, output: output, result: result)
+    case nil:
+        return ChildOutcome(reason: .uncaughtSignal, status: SIGKILL, output: output, result: result)
+    }
 }
 
-/// Serialises `Process.run()`, which crashed when called from several threads at once.
-let childSpawning = Mutex(())

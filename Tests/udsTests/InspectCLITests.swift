@@ -292,15 +292,7 @@ private func command(_ child: Child) -> String {
 
 /// What `ls -l` prints as the mode of `path`, from `stat(1)` itself.
 private func modeString(_ path: String) -> String {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/stat")
-    process.arguments = ["-c", "%A", path]
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    guard (try? Spawning.serially({ try process.run() })) != nil else { return "?" }
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    Tools.capture("/usr/bin/stat", ["-c", "%A", path]).trimmingCharacters(in: .whitespacesAndNewlines)
 }
 
 private func userName() -> String {

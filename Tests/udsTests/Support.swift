@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import ChildProcesses
 import Foundation
 import Synchronization
 import Testing
@@ -105,27 +106,32 @@ enum Tools {
         return path
     }
 
-    /// Runs a quick command and returns its standard output and error together,
-    /// for tool discovery only; it gets 10 seconds before it is killed.
-    private static func capture(_ executable: String, _ arguments: [String]) -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        process.standardInput = FileHandle.nullDevice
-        let exited = DispatchSemaphore(value: 0)
-        process.terminationHandler = { _ in exited.signal() }
-        do { try Spawning.serially { try process.run() } } catch { return "" }
-        let output = OutputCollector(descriptor: dup(pipe.fileHandleForReading.fileDescriptor))
-        try? pipe.fileHandleForReading.close()
-        if exited.wait(timeout: .now() + 10) == .timedOut {
-            kill(process.processIdentifier, SIGKILL)
+    /// Runs a quick command and returns its standard output and error together
+    /// (tool discovery, a stat); it gets 10 seconds before it is killed.
+    static func capture(_ executable: String, _ arguments: [String]) -> String {
+        guard let pipe = makeCloseOnExecPipe() else { return "" }
+        let nothing = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        defer { close(nothing) }
+        let process: SpawnedProcess
+        do {
+            process = try SpawnedProcess(
+                executable: executable, arguments: arguments,
+                standardInput: nothing, standardOutput: pipe.write, standardError: pipe.write)
+        } catch {
+            close(pipe.read)
+            close(pipe.write)
             return ""
         }
-        let deadline = ContinuousClock.now + .seconds(3)
-        while !output.isFinished && ContinuousClock.now < deadline {
+        close(pipe.write)
+        let output = OutputCollector(descriptor: pipe.read)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while process.isRunning && ContinuousClock.now < deadline { Thread.sleep(forTimeInterval: 0.01) }
+        if process.isRunning {
+            process.signal(SIGKILL)
+            return ""
+        }
+        let drained = ContinuousClock.now + .seconds(3)
+        while !output.isFinished && ContinuousClock.now < drained {
             Thread.sleep(forTimeInterval: 0.01)
         }
         return output.text
@@ -186,22 +192,12 @@ func poll(timeout: Duration = defaultTimeout, every interval: Duration = .millis
 // MARK: - Children
 
 /// How a child ended.
-enum Termination: Equatable, CustomStringConvertible {
-    case exited(Int32)
-    case signaled(Int32)
-
-    var description: String {
-        switch self {
-        case .exited(let status): "exit status \(status)"
-        case .signaled(let signal): "killed by signal \(signal)"
-        }
-    }
-}
+typealias Termination = SpawnedProcess.Termination
 
 /// One running subprocess with its output collected.
 final class Child: Sendable {
     let name: String
-    let process: Process
+    let process: SpawnedProcess
     let stdout: OutputCollector
     let stderr: OutputCollector
     /// The write end of the child's standard input, when it was given a pipe.
@@ -209,41 +205,38 @@ final class Child: Sendable {
 
     init(name: String, executable: String, arguments: [String], directory: String, withInput: Bool) throws {
         self.name = name
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.currentDirectoryURL = URL(fileURLWithPath: directory)
-        let out = Pipe()
-        let err = Pipe()
-        let inPipe = withInput ? Pipe() : nil
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = inPipe ?? FileHandle.nullDevice
-        try Spawning.serially { try process.run() }
-        self.process = process
-        // Own duplicates of the descriptors, so their lifetime is ours alone.
-        stdout = OutputCollector(descriptor: dup(out.fileHandleForReading.fileDescriptor))
-        stderr = OutputCollector(descriptor: dup(err.fileHandleForReading.fileDescriptor))
-        try? out.fileHandleForReading.close()
-        try? err.fileHandleForReading.close()
-        if let inPipe {
-            input = Mutex(dup(inPipe.fileHandleForWriting.fileDescriptor))
-            try? inPipe.fileHandleForWriting.close()
-            try? inPipe.fileHandleForReading.close()
-        } else {
-            input = Mutex(nil)
+        guard let out = makeCloseOnExecPipe(), let err = makeCloseOnExecPipe() else {
+            throw SetupFailure("pipe failed: errno \(errno)")
         }
+        let inPipe = withInput ? makeCloseOnExecPipe() : nil
+        let nothing = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        defer {
+            // The child has its copies; these ends are not ours to keep.
+            close(nothing)
+            close(out.write)
+            close(err.write)
+            if let inPipe { close(inPipe.read) }
+        }
+        do {
+            process = try SpawnedProcess(
+                executable: executable, arguments: arguments, directory: directory,
+                standardInput: inPipe?.read ?? nothing, standardOutput: out.write, standardError: err.write)
+        } catch {
+            close(out.read)
+            close(err.read)
+            if let inPipe { close(inPipe.write) }
+            throw SetupFailure("\(error)")
+        }
+        stdout = OutputCollector(descriptor: out.read)
+        stderr = OutputCollector(descriptor: err.read)
+        input = Mutex(inPipe?.write)
     }
 
-    var pid: Int32 { process.processIdentifier }
+    var pid: Int32 { process.pid }
     var isRunning: Bool { process.isRunning }
 
     /// How it ended; nil while it runs.
-    var termination: Termination? {
-        guard !process.isRunning else { return nil }
-        let status = process.terminationStatus
-        return process.terminationReason == .exit ? .exited(status) : .signaled(status)
-    }
+    var termination: Termination? { process.termination }
 
     /// What it printed so far, for failure messages.
     var transcript: String {
@@ -281,7 +274,7 @@ final class Child: Sendable {
     }
 
     func signal(_ number: Int32) {
-        if process.isRunning { kill(process.processIdentifier, number) }
+        process.signal(number)
     }
 
     /// Waits until it exits, at most `timeout`; past that it is killed and the
@@ -565,14 +558,3 @@ enum Classic {
 /// nothing): the classic transcript of an empty session.
 let probeSession = ["connection from ", "received b''", "no data from ", "waiting for a connection"]
 
-/// Foundation's `Process.run()` is not safe to call from several threads at
-/// once on Linux: a full parallel run crashed in it (a copy from freed
-/// memory) and, before that, started children that behaved as if given
-/// another child's set-up. The tests spawn one child at a time.
-enum Spawning {
-    private static let lock = Mutex(())
-
-    static func serially<R>(_ body: () throws -> R) rethrows -> R {
-        try lock.withLock { _ in try body() }
-    }
-}
