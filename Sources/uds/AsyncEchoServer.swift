@@ -13,12 +13,21 @@ extension EchoServer {
         let showPeer = self.showPeer
         let format = FrameOptions.format(frame, maxFrame: maxFrame)
         let onGlobal = executor == .global
-        let serve: AsyncStreamServer.Handler = { connection, endpoint, context in
-            // Stream peers are endpoints; this server is a Unix one.
-            let peer = endpoint.unixAddress ?? .unnamed
-            transcript.opened(context.id)
-            await echo(connection, peer: peer, id: context.id, chunk: chunk, format: format, showPeer: showPeer, transcript: transcript)
-        }
+        // Stream peers are endpoints; this server is a Unix one.
+        let serve: AsyncStreamServer.Handler =
+            if let format {
+                { connection, endpoint, context in
+                    transcript.opened(context.id)
+                    await echoFrames(
+                        connection, format: format, peer: endpoint.unixAddress ?? .unnamed, id: context.id, showPeer: showPeer,
+                        transcript: transcript)
+                }
+            } else {
+                { connection, endpoint, context in
+                    transcript.opened(context.id)
+                    await echo(connection, peer: endpoint.unixAddress ?? .unnamed, id: context.id, chunk: chunk, showPeer: showPeer, transcript: transcript)
+                }
+            }
         // Chosen once, so that a task on the loop holds no frame for the choice.
         let server = AsyncStreamServer(listener: listener, logger: logger, handler: onGlobal ? onGlobalExecutor(serve) : serve)
         try await serveGracefully(server, transcript: transcript)
@@ -87,21 +96,6 @@ private func onChosenExecutor(global: Bool, _ body: () async -> Void) async {
 private func onGlobalExecutor(_ handler: @escaping AsyncStreamServer.Handler) -> AsyncStreamServer.Handler {
     { connection, peer, context in
         try await withTaskExecutorPreference(globalConcurrentExecutor) { try await handler(connection, peer, context) }
-    }
-}
-
-/// Echoes one stream connection, whole frames if `format` is given. Not
-/// inlined, nor are the two ways: an idle connection's task holds the frames
-/// of the functions it waits in, so they hold only what the wait needs.
-@inline(never)
-private func echo(
-    _ connection: AsyncStreamSocket, peer: UnixAddress, id: Int, chunk: Int, format: FrameFormat?, showPeer: Bool,
-    transcript: Transcript
-) async {
-    if let format {
-        await echoFrames(connection, format: format, peer: peer, id: id, showPeer: showPeer, transcript: transcript)
-    } else {
-        await echo(connection, peer: peer, id: id, chunk: chunk, showPeer: showPeer, transcript: transcript)
     }
 }
 

@@ -24,7 +24,7 @@ public func withSocketCancellationScope<T>(_ body: () async throws -> T) async r
     let scope = CancellationScope()
     // The handler outlives every wait in the body; `scope` is what they share.
     return try await withTaskCancellationHandler {
-        try await CancellationScope.$current.withValue(scope) { try await body() }
+        try await CancellationScope.$current.withValue(scope, operation: body)
     } onCancel: {
         scope.cancel()
     }

@@ -145,7 +145,16 @@ public final class AsyncServer<Listener: ServableListener>: Sendable {
                     }
                     let context = ConnectionContext(id: id, shutdownBegan: shutdownBegan)
                     group.addTask(executorPreference: connection.eventLoop) {
-                        await self.serve(connection, peer, context)
+                        // An idle connection's task holds this frame while the
+                        // handler waits: nothing here but the handler's call.
+                        var failure: (any Error)?
+                        do {
+                            // One cancellation handler for all the connection's waits.
+                            try await withSocketCancellationScope { try await self.handler(connection, peer, context) }
+                        } catch {
+                            failure = error
+                        }
+                        self.finish(connection, id: context.id, failure: failure)
                     }
                 }
                 // However accepting ended, it is a shutdown; cancellation or a
@@ -234,21 +243,6 @@ public final class AsyncServer<Listener: ServableListener>: Sendable {
             ])
         }
         for connection in remaining { try? connection.close() }
-    }
-
-    /// Runs the handler. Kept apart from what follows it, and not inlined
-    /// into the task's closure: an idle connection's task holds this frame
-    /// while the handler waits, so it holds only what the wait needs.
-    @inline(never)
-    private func serve(_ connection: Listener.Connection, _ peer: Listener.Peer, _ context: ConnectionContext) async {
-        var failure: (any Error)?
-        do {
-            // One cancellation handler for all the connection's waits.
-            try await withSocketCancellationScope { try await handler(connection, peer, context) }
-        } catch {
-            failure = error
-        }
-        finish(connection, id: context.id, failure: failure)
     }
 
     /// Reports what the handler threw (unless it is the shutdown's cut),

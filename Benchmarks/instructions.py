@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Counts the user-space instructions an echo server spends per round trip.
+
+    python3 Benchmarks/instructions.py [--connections 10] [--servers udskit,udskit-handlers,c]
+
+CPU time on a shared virtual machine moves by 10-20% between runs, which hides
+the change one optimisation makes. This counts instructions instead: each
+server runs under valgrind's callgrind (user space only, deterministic up to
+scheduling), driven by the C load client for two durations; the difference in
+instructions divided by the difference in round trips is the cost of one round
+trip, with start-up and shutdown cancelled out. The kernel's share, the same
+for every server, is not counted.
+
+Needs valgrind (`apt-get install valgrind`). Valgrind 3.19 cannot read the
+DWARF 5 that Swift emits, so the binary is copied without debug information
+(`strip -g`) first. Run it on a quiet machine: the server is 20-50x slower
+under valgrind, so the client is never the limit here.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "Benchmarks", ".build", "bin")
+
+
+def servers(uds):
+    return {
+        "udskit": [uds, "echo-server", "{path}", "--quiet"],
+        "udskit-handlers": [uds, "echo-server", "{path}", "--quiet", "--io", "handlers"],
+        "c": [os.path.join(BIN, "echo_epoll"), "{path}"],
+    }
+
+
+def measure(command, connections, seconds, workdir):
+    path = os.path.join(workdir, "echo.sock")
+    out = os.path.join(workdir, "callgrind.out")
+    for stale in (path, out):
+        if os.path.exists(stale):
+            os.unlink(stale)
+    server = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + [a.format(path=path) for a in command],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline or server.poll() is not None:
+            sys.exit(f"the server did not start: {' '.join(command)}")
+        time.sleep(0.1)
+    time.sleep(0.5)
+    client = subprocess.run(
+        [os.path.join(BIN, "load_client"), "-c", str(connections), "-s", "100", "-d", str(seconds), "-w", "0.2", path],
+        capture_output=True, text=True, check=True)
+    round_trips = json.loads(client.stdout)["round_trips"]
+    server.send_signal(2)  # SIGINT: the servers exit cleanly, and callgrind writes its counts.
+    server.wait(timeout=60)
+    with open(out) as counts:
+        for line in counts:
+            if line.startswith(("summary:", "totals:")):
+                return round_trips, int(line.split()[1])
+    sys.exit(f"no instruction count from {' '.join(command)}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--connections", type=int, default=10)
+    parser.add_argument("--servers", default="udskit,udskit-handlers,c")
+    parser.add_argument("--uds", default=os.path.join(ROOT, ".build", "release", "uds"))
+    parser.add_argument("--short", type=float, default=2.0, help="seconds of the shorter run")
+    parser.add_argument("--long", type=float, default=5.0, help="seconds of the longer run")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is not installed: apt-get install valgrind")
+    for tool in (args.uds, os.path.join(BIN, "load_client"), os.path.join(BIN, "echo_epoll")):
+        if not os.path.exists(tool):
+            sys.exit(f"{tool} is missing: build it first (swift build -c release; python3 Benchmarks/run.py builds the C tools)")
+
+    with tempfile.TemporaryDirectory(prefix="udsinstr-") as workdir:
+        stripped = os.path.join(workdir, "uds")
+        subprocess.run(["strip", "-g", "-o", stripped, args.uds], check=True)
+        table = servers(stripped)
+        print(f"| server | instructions per round trip ({args.connections} connections) |")
+        print("|---|---|")
+        for name in args.servers.split(","):
+            short = measure(table[name], args.connections, args.short, workdir)
+            long = measure(table[name], args.connections, args.long, workdir)
+            per_round_trip = (long[1] - short[1]) / (long[0] - short[0])
+            print(f"| {name} | {per_round_trip:,.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
