@@ -11,11 +11,16 @@ struct Deadline: Comparable, Hashable, Sendable {
         self.sinceOrigin = sinceOrigin
     }
 
+    /// Not inlined, here and in ``now``: an async function that computed
+    /// with an `Instant` inline would allocate it on the task all the same.
+    @inline(never)
     init(_ instant: ContinuousClock.Instant) {
         sinceOrigin = Self.origin.duration(to: instant)
     }
 
-    static var now: Deadline { Deadline(.now) }
+    static var now: Deadline {
+        @inline(never) get { Deadline(.now) }
+    }
 
     /// The deadline `timeout` from now; `nil` (wait forever) for no timeout.
     static func after(_ timeout: Duration?) -> Deadline? {
