@@ -51,13 +51,20 @@ public final class StreamSocket: Socket, ByteStreamSocket, @unchecked Sendable {
             }
             return StreamSocket(handle: handle)
         case .tcp(let addresses, let label):
-            return try SocketHandle.connectTCP(addresses, label: label, nonBlocking: false) {
-                (handle, address) throws(SocketError) in
-                _ = try handle.connect(timeout: timeout, interruption: .awaitCompletion) { fd in
-                    address.withSockaddr { Sys.connect(fd, $0, $1) }
+            var attempts = TCPConnectAttempts<SocketError>(label: label)
+            for address in addresses {
+                let handle = try attempts.open(for: address, nonBlocking: false)
+                do throws(SocketError) {
+                    _ = try handle.connect(timeout: timeout, interruption: .awaitCompletion) { fd in
+                        address.withSockaddr { Sys.connect(fd, $0, $1) }
+                    }
+                    try attempts.connected(handle)
+                    return StreamSocket(handle: handle)
+                } catch {
+                    attempts.failed(handle, error)
                 }
-                return StreamSocket(handle: handle)
             }
+            throw attempts.noneAccepted()
         }
     }
 

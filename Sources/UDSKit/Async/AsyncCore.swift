@@ -328,26 +328,25 @@ final class AsyncCore: Sendable {
             try await core.connect(deadline: deadline) { fd in address.withSockaddr { Sys.connect(fd, $0, $1) } }
             return core
         case .tcp(let addresses, let label):
-            var firstError: (any Error)?
+            var attempts = TCPConnectAttempts<any Error>(label: label)
             for address in addresses {
-                let handle = try SocketHandle.openTCP(family: address.family, label: label, nonBlocking: true)
+                let handle = try attempts.open(for: address, nonBlocking: true)
                 do {
                     let core = try AsyncCore(handle: handle, loop: loop)
                     do {
                         try await core.connect(deadline: deadline) { fd in address.withSockaddr { Sys.connect(fd, $0, $1) } }
-                        try handle.setNoDelay(true)
+                        try attempts.connected(handle)
                         return core
                     } catch {
                         try? core.close()
                         throw error
                     }
                 } catch {
-                    try? handle.close()
+                    attempts.failed(handle, error)
                     if error is CancellationError { throw error }
-                    if firstError == nil { firstError = error }
                 }
             }
-            throw firstError ?? SocketError("connect", address: label, code: .nameResolution("no addresses"))
+            throw attempts.noneAccepted()
         }
     }
 }

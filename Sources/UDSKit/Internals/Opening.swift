@@ -82,28 +82,49 @@ extension SocketHandle {
             throw SocketError(operation, address: label, code: .unsupported("TCP for \(kind == .seqpacket ? "seqpacket" : "datagram") sockets is"))
         }
     }
+}
 
-    /// Tries `addresses` in the resolver's order with `connect`, which
-    /// connects one new TCP socket; if none accepts, the error is the first
-    /// address's, usually the one that says most.
-    static func connectTCP<R>(
-        _ addresses: [InetAddress], label: String, nonBlocking: Bool,
-        _ connect: (SocketHandle, InetAddress) throws(SocketError) -> R
-    ) throws(SocketError) -> R {
-        var firstError: SocketError?
-        for address in addresses {
-            let handle = try openTCP(family: address.family, label: label, nonBlocking: nonBlocking)
-            do throws(SocketError) {
-                let connected = try connect(handle, address)
-                try handle.setNoDelay(true)
-                return connected
-            } catch {
-                try? handle.close()
-                if firstError == nil { firstError = error }
-            }
-        }
-        throw firstError ?? SocketError("connect", address: label, code: .nameResolution("no addresses"))
+/// What a TCP connect does at either level, written once (only the waiting
+/// differs): the host's addresses in the resolver's order, a new socket for
+/// each, TCP_NODELAY once connected, and, if none accepts, the first
+/// address's error, usually the one that says most.
+struct TCPConnectAttempts<Failure: Error> {
+    let label: String
+    fileprivate var firstError: Failure?
+
+    init(label: String) {
+        self.label = label
     }
+
+    /// A new socket for `address`, to connect.
+    func open(for address: InetAddress, nonBlocking: Bool) throws(SocketError) -> SocketHandle {
+        try SocketHandle.openTCP(family: address.family, label: label, nonBlocking: nonBlocking)
+    }
+
+    /// `handle` connected: set it up as every TCP socket of UDSKit is.
+    func connected(_ handle: SocketHandle) throws(SocketError) {
+        try handle.setNoDelay(true)
+    }
+
+    /// Connecting `handle` failed with `error`: close it, and remember the first failure.
+    mutating func failed(_ handle: SocketHandle, _ error: Failure) {
+        try? handle.close()
+        if firstError == nil { firstError = error }
+    }
+
+    fileprivate var noAddresses: SocketError {
+        SocketError("connect", address: label, code: .nameResolution("no addresses"))
+    }
+}
+
+extension TCPConnectAttempts where Failure == SocketError {
+    /// What to throw when no address accepted.
+    func noneAccepted() -> SocketError { firstError ?? noAddresses }
+}
+
+extension TCPConnectAttempts where Failure == any Error {
+    /// What to throw when no address accepted.
+    func noneAccepted() -> any Error { firstError ?? noAddresses }
 }
 
 /// Something that names where a socket connects or binds: an ``Endpoint``,
