@@ -38,12 +38,11 @@ extension EchoServer {
         let chunk = self.chunk
         let showPeer = self.showPeer
         let onGlobal = executor == .global
-        let server = AsyncSeqpacketServer(listener: listener, logger: logger) { connection, peer, context in
-            await onChosenExecutor(global: onGlobal) {
-                transcript.opened(context.id)
-                await echo(connection, peer: peer, id: context.id, chunk: chunk, showPeer: showPeer, transcript: transcript)
-            }
+        let serve: AsyncSeqpacketServer.Handler = { connection, peer, context in
+            transcript.opened(context.id)
+            await echo(connection, peer: peer, id: context.id, chunk: chunk, showPeer: showPeer, transcript: transcript)
         }
+        let server = AsyncSeqpacketServer(listener: listener, logger: logger, handler: onGlobal ? onGlobalExecutor(serve) : serve)
         try await serveGracefully(server, transcript: transcript)
     }
 
@@ -80,20 +79,12 @@ extension EchoServer {
     }
 }
 
-/// Runs `body` where --executor says: on the connection's loop, where the
-/// server already runs it, or with `global` on Swift's thread pool (a thread
-/// hop per wake-up, to measure what that costs).
-@inline(never)
-private func onChosenExecutor(global: Bool, _ body: () async -> Void) async {
-    if global {
-        await withTaskExecutorPreference(globalConcurrentExecutor) { await body() }
-    } else {
-        await body()
-    }
-}
-
-/// `handler` on Swift's thread pool, for --executor global.
-private func onGlobalExecutor(_ handler: @escaping AsyncStreamServer.Handler) -> AsyncStreamServer.Handler {
+/// `handler` on Swift's thread pool, for --executor global (a thread hop per
+/// wake-up, to measure what that costs); without it the server runs each
+/// connection on its loop.
+private func onGlobalExecutor<Connection, Peer>(
+    _ handler: @escaping @Sendable (Connection, Peer, ConnectionContext) async throws -> Void
+) -> @Sendable (Connection, Peer, ConnectionContext) async throws -> Void {
     { connection, peer, context in
         try await withTaskExecutorPreference(globalConcurrentExecutor) { try await handler(connection, peer, context) }
     }
@@ -158,17 +149,11 @@ private func echoUntilEnd(_ connection: AsyncStreamSocket, id: Int, chunk: Int, 
             if count == 0 { return nil }
             // The peer is not reading as fast as it writes: wait for it, holding
             // only what it has not taken yet.
-            if !unsent.isEmpty { try await writeAll(unsent, to: connection) }
+            if !unsent.isEmpty { try await connection.writeAll(unsent) }
         }
     } catch {
         return error
     }
-}
-
-/// The slow path, apart: its frame is only there while the peer is slow.
-@inline(never)
-private func writeAll(_ unsent: [UInt8], to connection: AsyncStreamSocket) async throws {
-    try await connection.writeAll(unsent)
 }
 
 /// Says how the connection ended, and closes it.

@@ -283,17 +283,9 @@ struct StreamBehaviourTests {
                     #expect(error == nil)
                 }
             }
-            func errorOf(_ body: () throws(SocketError) -> Void) -> SocketError? {
-                do throws(SocketError) {
-                    try body()
-                    return nil
-                } catch {
-                    return error
-                }
-            }
-            unsupportedOnTCP(errorOf { () throws(SocketError) in _ = try server.socket.peerCredentials() })
-            unsupportedOnTCP(errorOf { () throws(SocketError) in _ = try client.socket.localAddress() })
-            unsupportedOnTCP(errorOf { () throws(SocketError) in try server.socket.setReceivesCredentials(false) })
+            unsupportedOnTCP(socketErrorIfAny { () throws(SocketError) in _ = try server.socket.peerCredentials() })
+            unsupportedOnTCP(socketErrorIfAny { () throws(SocketError) in _ = try client.socket.localAddress() })
+            unsupportedOnTCP(socketErrorIfAny { () throws(SocketError) in try server.socket.setReceivesCredentials(false) })
             if place != .tcp { #expect(try server.socket.peerCredentials().processID == getpid()) }
             #expect(try client.socket.peerEndpoint() == listener.listener.localEndpoint())
             #expect(try server.socket.localEndpoint() == listener.listener.localEndpoint())

@@ -3,7 +3,7 @@
 /// keeps one (an operation's deadline) across a suspension allocates it on
 /// the task and copies it through value witnesses, several times per wait.
 /// A `Duration` is two integers, laid out at compile time.
-struct Deadline: Comparable, Hashable, Sendable {
+struct Deadline: Comparable, Sendable {
     private static let origin = ContinuousClock.now
     private let sinceOrigin: Duration
 
