@@ -28,8 +28,8 @@ import Darwin
 /// A loop runs until ``shutdown()``: its thread holds it, so dropping the last
 /// reference does not stop it. ``shared`` lives as long as the process.
 public final class EventLoop: TaskExecutor, @unchecked Sendable {
-    // @unchecked: `localJobs`, `timers` and `scratch` are touched only by the
-    // loop thread; everything else is immutable or behind a Mutex or an Atomic.
+    // @unchecked: `onLoop` is touched only by the loop thread; everything
+    // else is immutable or behind a Mutex or an Atomic.
 
     /// The loop most programs need: one thread, started on first use, never shut down.
     public static let shared: EventLoop = {
@@ -63,10 +63,17 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
     private let remoteJobs = Mutex(RemoteJobs())
     /// Whether `remoteJobs` may hold jobs or a stop request: lets the loop skip the lock when not.
     private let hasRemoteJobs = Atomic<Bool>(false)
-    /// Jobs enqueued on the loop thread itself: no lock, no wakeup.
-    private var localJobs: [UnownedJob] = []
-    private var timers = TimerHeap()
-    private var scratch = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    /// What only the loop thread touches. Behind a pointer rather than in
+    /// stored properties: a class's `var` is checked for exclusive access at
+    /// run time on every change, and a job is queued here per wake-up.
+    private let onLoop: UnsafeMutablePointer<LoopThreadState>
+
+    private struct LoopThreadState {
+        /// Jobs enqueued on the loop thread itself: no lock, no wakeup.
+        var jobs: [UnownedJob] = []
+        var timers = TimerHeap()
+        var scratch = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    }
     private let threadID = Atomic<UInt>(0)
     /// The loop's thread until someone joins it (or it detaches itself).
     private let thread = Mutex<LoopThread?>(nil)
@@ -79,7 +86,9 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         } catch {
             throw SocketError("epoll_create", errno: error)
         }
-        localJobs.reserveCapacity(64)
+        onLoop = .allocate(capacity: 1)
+        onLoop.initialize(to: LoopThreadState())
+        onLoop.pointee.jobs.reserveCapacity(64)
         do {
             let started = try LoopThread.start { [self] in run() }
             thread.withLock { $0 = started }
@@ -87,6 +96,12 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
             selector.close()
             throw error
         }
+    }
+
+    deinit {
+        onLoop.pointee.scratch.deallocate()
+        onLoop.deinitialize(count: 1)
+        onLoop.deallocate()
     }
 
     /// Whether the caller runs on this loop's thread.
@@ -101,7 +116,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
     public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
         if inEventLoop {
-            localJobs.append(job)
+            onLoop.pointee.jobs.append(job)
             return
         }
         let forward = remoteJobs.withLock { state in
@@ -165,7 +180,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         while true {
             // Run what is ready; jobs they enqueue run in the next pass, after
             // the selector had a look, so one busy connection cannot starve others.
-            swap(&batch, &localJobs)
+            swap(&batch, &onLoop.pointee.jobs)
             if hasRemoteJobs.load(ordering: .acquiring) {
                 let (remote, stopRequested) = remoteJobs.withLock { state in
                     hasRemoteJobs.store(false, ordering: .relaxed)
@@ -186,15 +201,18 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
             }
             batch.removeAll(keepingCapacity: true)
 
-            let idle = localJobs.isEmpty && !hasRemoteJobs.load(ordering: .acquiring)
+            let idle = onLoop.pointee.jobs.isEmpty && !hasRemoteJobs.load(ordering: .acquiring)
             if stopping && idle && finishStopping() { break }
-            let timeout = idle ? timers.millisecondsUntilNext(now: .now) : 0
+            // Without timers the clock is not read at all.
+            let timeout = !idle ? 0 : onLoop.pointee.timers.isEmpty ? -1 : onLoop.pointee.timers.millisecondsUntilNext(now: .now)
             selector.wait(timeoutMilliseconds: timeout) { event in
                 Registration.named(by: event.token).handle(event)
             }
             // No event of that batch can name a retired registration any more.
             if hasRetired.load(ordering: .acquiring) { releaseRetired() }
-            for timer in timers.takeDue(now: .now) { timer.fire() }
+            if !onLoop.pointee.timers.isEmpty {
+                for timer in onLoop.pointee.timers.takeDue(now: .now) { timer.fire() }
+            }
         }
         releaseRetired()
         withExtendedLifetime(stranded) {}
@@ -211,7 +229,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         }
         for registration in stranded { registration.loopStopped() }
         // Deadlines no longer matter; a sleeper wakes with `.closed`.
-        for timer in timers.takeAll() { timer.fire(loopStopped: true) }
+        for timer in onLoop.pointee.timers.takeAll() { timer.fire(loopStopped: true) }
         return stranded
     }
 
@@ -233,10 +251,10 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         }
         guard stopped else { return false }
         // Timers armed by the last jobs.
-        for timer in timers.takeAll() { timer.fire(loopStopped: true) }
+        for timer in onLoop.pointee.timers.takeAll() { timer.fire(loopStopped: true) }
         selector.close()
-        scratch.deallocate()
-        scratch = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+        onLoop.pointee.scratch.deallocate()
+        onLoop.pointee.scratch = UnsafeMutableRawBufferPointer(start: nil, count: 0)
         return true
     }
 
@@ -248,11 +266,11 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         minimumSize: Int = 65536, _ body: (UnsafeMutableRawBufferPointer) throws(E) -> R
     ) throws(E) -> R {
         precondition(inEventLoop, "withScratchBuffer is for code running on its loop's thread")
-        if scratch.count < minimumSize {
-            scratch.deallocate()
-            scratch = .allocate(byteCount: minimumSize, alignment: 16)
+        if onLoop.pointee.scratch.count < minimumSize {
+            onLoop.pointee.scratch.deallocate()
+            onLoop.pointee.scratch = .allocate(byteCount: minimumSize, alignment: 16)
         }
-        return try body(UnsafeMutableRawBufferPointer(rebasing: scratch[..<minimumSize]))
+        return try body(UnsafeMutableRawBufferPointer(rebasing: onLoop.pointee.scratch[..<minimumSize]))
     }
 
     // MARK: Sleeping without the global executor
@@ -320,16 +338,16 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
     /// unless it is cancelled first.
     func schedule(_ timer: LoopTimer) {
         if inEventLoop {
-            timers.insert(timer)
+            onLoop.pointee.timers.insert(timer)
         } else {
             // Timers belong to the loop thread: hand the insertion over.
-            Task(executorPreference: self) { self.timers.insert(timer) }
+            Task(executorPreference: self) { self.onLoop.pointee.timers.insert(timer) }
         }
     }
 
     /// How many timers wait, cancelled ones included (for tests).
     var pendingTimerCount: Int {
-        get async { await Task(executorPreference: self) { self.timers.count }.value }
+        get async { await Task(executorPreference: self) { self.onLoop.pointee.timers.count }.value }
     }
 }
 
@@ -527,6 +545,7 @@ struct TimerHeap {
     private var entries: [LoopTimer] = []
 
     var count: Int { entries.count }
+    var isEmpty: Bool { entries.isEmpty }
 
     mutating func insert(_ timer: LoopTimer) {
         // Before it grows past a point, drop what was cancelled: each completed
