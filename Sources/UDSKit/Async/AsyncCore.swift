@@ -129,6 +129,7 @@ final class AsyncCore: Sendable {
 
     /// Waits until an operation in `direction` may succeed. Readiness can be a
     /// false positive: the next attempt may still say it would block.
+    @inline(__always)
     func ready(_ direction: Registration.Direction, deadline: Deadline?, operation: String) async throws {
         let blockedAt = blockedTick(direction)
         guard blockedAt != Self.unknownTick, !registration.hasEnded(direction) else { return }

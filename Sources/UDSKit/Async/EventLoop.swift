@@ -340,9 +340,17 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         if inEventLoop {
             onLoop.pointee.timers.insert(timer)
         } else {
-            // Timers belong to the loop thread: hand the insertion over.
-            Task(executorPreference: self) { self.onLoop.pointee.timers.insert(timer) }
+            scheduleFromAnotherThread(timer)
         }
+    }
+
+    /// Timers belong to the loop thread: hand the insertion over. Never
+    /// inlined: a task's creation holds a `TaskPriority?`, whose size is known
+    /// only at run time, and an async function that inlined it would allocate
+    /// room for one on its task at every call (two per socket wait).
+    @inline(never)
+    private func scheduleFromAnotherThread(_ timer: LoopTimer) {
+        Task(executorPreference: self) { self.onLoop.pointee.timers.insert(timer) }
     }
 
     /// How many timers wait, cancelled ones included (for tests).

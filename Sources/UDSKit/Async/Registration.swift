@@ -207,6 +207,7 @@ final class Registration: Sendable {
     /// Waits until readiness in `direction` moves past `observed`.
     /// - Throws: `CancellationError` if the task is cancelled, ``SocketError``
     ///   `.timedOut` at `deadline`, `.closed` if the socket closes meanwhile.
+    @inline(__always)
     func wait(
         _ direction: Direction, after observed: UInt64, deadline: Deadline?,
         operation: String
