@@ -47,6 +47,9 @@ final class CancellationScope: Sendable {
         var id: UInt64 = 0
         /// Whether the wait `id` may still be suspended.
         var isActive = false
+        /// The task was cancelled: sticky, as a task's cancellation is, so
+        /// that a wait listed after the handler ran ends too.
+        var cancelled = false
     }
 
     init() {
@@ -63,15 +66,18 @@ final class CancellationScope: Sendable {
         withUnsafeCurrentTask { task in task.map { unsafeBitCast($0, to: UInt.self) } ?? 0 }
     }
 
-    /// Notes the wait `id` as the one to end on cancellation. The caller
-    /// checks `Task.isCancelled` afterwards: a cancellation that came before
-    /// this call found nothing to end.
-    func enter(_ registration: Registration, _ direction: Registration.Direction, id: UInt64) {
+    /// Notes the wait `id` as the one to end on cancellation; `false` if the
+    /// task was cancelled already, and the caller must end the wait itself
+    /// (the handler ran before this wait was there to end). Answered here
+    /// rather than by `Task.isCancelled`, which looks the task up through a
+    /// generic closure: about 200 instructions, 5% of an async round trip.
+    func enter(_ registration: Registration, _ direction: Registration.Direction, id: UInt64) -> Bool {
         waiting.withLock { waiting in
             if waiting.registration !== registration { waiting.registration = registration }
             waiting.direction = direction
             waiting.id = id
-            waiting.isActive = true
+            waiting.isActive = !waiting.cancelled
+            return !waiting.cancelled
         }
     }
 
@@ -80,6 +86,7 @@ final class CancellationScope: Sendable {
     /// Ending a wait that has already ended does nothing.
     func cancel() {
         let current = waiting.withLock { waiting -> (Registration, Registration.Direction, UInt64)? in
+            waiting.cancelled = true
             guard waiting.isActive, let registration = waiting.registration else { return nil }
             waiting.isActive = false
             return (registration, waiting.direction, waiting.id)

@@ -275,17 +275,15 @@ final class Registration: Sendable {
                 list.append(waiter)
                 return nil
             }
-            scope.enter(self, direction, id: id)
-            return .listed(id: id, timer: timer)
+            let cancelled = !scope.enter(self, direction, id: id)
+            return .listed(id: id, timer: timer, cancelled: cancelled)
         }
         switch listing {
         case .resume(let error?): continuation.resume(throwing: error)
         case .resume(nil): continuation.resume()
-        case .listed(let id, let timer):
-            // A task cancelled before `scope` knew the ID had nothing to end:
-            // it is seen here (its flag is set before any handler runs).
-            // Ending a wait twice does nothing.
-            if Task.isCancelled { abandon(direction, id: id, with: CancellationError()) }
+        case .listed(let id, let timer, let cancelled):
+            // A task cancelled before `scope` knew the ID had nothing to end.
+            if cancelled { abandon(direction, id: id, with: CancellationError()) }
             // If the wait already ended, the timer is cancelled and harmless.
             if let timer { loop.schedule(timer) }
         }
@@ -293,7 +291,7 @@ final class Registration: Sendable {
 
     private enum Listing {
         case resume((any Error)?)
-        case listed(id: UInt64, timer: LoopTimer?)
+        case listed(id: UInt64, timer: LoopTimer?, cancelled: Bool)
     }
 
     /// Resumes the waiter `id` with `error`, if it is still waiting.
