@@ -196,8 +196,9 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
                     stranded = failRegistrations()
                 }
             }
-            for job in batch {
-                job.runSynchronously(on: executor)
+            // By index: iterating would copy the array, a retain and a release per pass.
+            for index in batch.indices {
+                batch[index].runSynchronously(on: executor)
             }
             batch.removeAll(keepingCapacity: true)
 
@@ -206,7 +207,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
             // Without timers the clock is not read at all.
             let timeout = !idle ? 0 : onLoop.pointee.timers.isEmpty ? -1 : onLoop.pointee.timers.millisecondsUntilNext(now: .now)
             selector.wait(timeoutMilliseconds: timeout) { event in
-                Registration.named(by: event.token).handle(event)
+                Registration.handle(event)
             }
             // No event of that batch can name a retired registration any more.
             if hasRetired.load(ordering: .acquiring) { releaseRetired() }

@@ -121,10 +121,12 @@ final class Registration: Sendable {
     /// until no event of the selector can name it any more.
     var token: UInt64 { UInt64(UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque())) }
 
-    /// The registration an event's token names.
+    /// Hands `event` to the registration its token names, which the loop
+    /// keeps alive meanwhile (so it is not retained for the call).
     @inline(__always)
-    static func named(by token: UInt64) -> Registration {
-        Unmanaged<Registration>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(token))!).takeUnretainedValue()
+    static func handle(_ event: ReadinessEvent) {
+        Unmanaged<Registration>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(event.token))!)
+            ._withUnsafeGuaranteedRef { $0.handle(event) }
     }
 
     /// The tick to note before trying a call in `direction`.
