@@ -223,10 +223,34 @@ struct EchoInteropTests {
     @Test("two overlapping clients each get their own bytes back, and the server names them",
           arguments: IOModel.allCases)
     func twoClientsAtOnce(io: IOModel) async throws {
+        try await twoClientsAtOnce(serverOptions: io.options)
+    }
+
+    /// `--executor global` runs the connection tasks on Swift's thread pool
+    /// (a hop per wake-up): the same conversation must come out the same.
+    @Test("--executor global: two overlapping clients, each served whole")
+    func twoClientsAtOnceOnTheGlobalExecutor() async throws {
+        try await twoClientsAtOnce(serverOptions: ["--executor", "global"])
+    }
+
+    @Test("--executor global: a seqpacket echo keeps the message whole")
+    func seqpacketOnTheGlobalExecutor() async throws {
+        let box = try Sandbox()
+        defer { box.cleanup() }
+        let server = try await box.startEchoServer("./echo.sock", type: .seqpacket, ["--executor", "global"])
+        let client = try await box.run(try box.uds(["echo-client", "./echo.sock", "--type", "seqpacket",
+                                                    "--message", "one whole message"]))
+        #expect(client.termination == .exited(0), "\(client.transcript)")
+        #expect(client.stdout.lines.contains("received b'one whole message'"), "\(client.transcript)")
+        #expect(client.stderr.text == "")
+        #expect(server.isRunning)
+    }
+
+    private func twoClientsAtOnce(serverOptions: [String]) async throws {
         let socat = try Tools.socat()
         let box = try Sandbox()
         defer { box.cleanup() }
-        let server = try await box.startEchoServer("./echo.sock", io.options)
+        let server = try await box.startEchoServer("./echo.sock", serverOptions)
         let connect = ["-t", "2", "-", "UNIX-CONNECT:./echo.sock"]
 
         // The probe was client 1; alpha is client 2 and bravo client 3.
