@@ -74,7 +74,12 @@ final class AsyncCore: Sendable {
     ) async throws -> R {
         while true {
             if let value = try self.attempt(direction, operation, exhausted: exhausted, naming: destination, attempt) {
-                if unsuspendedRun.add(1, ordering: .relaxed).newValue >= Self.budget {
+                // A load and a store, not an atomic add: tasks racing on one
+                // socket only blur the count, and the add's locked
+                // instruction would cost every operation.
+                let run = unsuspendedRun.load(ordering: .relaxed) &+ 1
+                unsuspendedRun.store(run, ordering: .relaxed)
+                if run >= Self.budget {
                     // The budget is spent: let the loop run what else is ready first.
                     unsuspendedRun.store(0, ordering: .relaxed)
                     await Task.yield()
