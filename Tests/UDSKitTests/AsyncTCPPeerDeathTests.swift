@@ -37,15 +37,11 @@ struct AsyncTCPPeerDeathTests {
 
     @Test func everyByteAKilledPeerSentArrivesThenTheEnd() async throws {
         try await withTemporaryDirectoryAsync { directory in
-            let listener = try AsyncStreamListener.bind(to: Endpoint.tcp(host: "127.0.0.1", port: 0))
-            defer { try? listener.close() }
-            guard case .tcp(_, let port) = try listener.localEndpoint().kind else {
-                Issue.record("a TCP listener without a TCP endpoint")
-                return
+            let (listener, _, peer, connection) = try await acceptedPeer("flooder", script: Self.flooder, in: directory)
+            defer {
+                try? connection.close()
+                try? listener.close()
             }
-            let peer = try PythonPeer("flooder", script: Self.flooder, arguments: ["\(port)"], in: directory)
-            let (connection, _) = try await listener.accept(timeout: endsRatherThanHangs)
-            defer { try? connection.close() }
             let sentText = try await lineOf(peer)
             let sent = try #require(Int(sentText), "\(peer.transcript)")
             #expect(sent > 0, "\(peer.transcript)")
@@ -68,15 +64,11 @@ struct AsyncTCPPeerDeathTests {
 
     @Test func aWriteWaitingOnAKilledPeerFailsWithTheResetAndTheListenerServesOn() async throws {
         try await withTemporaryDirectoryAsync { directory in
-            let listener = try AsyncStreamListener.bind(to: Endpoint.tcp(host: "127.0.0.1", port: 0))
-            defer { try? listener.close() }
-            guard case .tcp(_, let port) = try listener.localEndpoint().kind else {
-                Issue.record("a TCP listener without a TCP endpoint")
-                return
+            let (listener, port, peer, connection) = try await acceptedPeer("sleeper", script: Self.sleeper, in: directory)
+            defer {
+                try? connection.close()
+                try? listener.close()
             }
-            let peer = try PythonPeer("sleeper", script: Self.sleeper, arguments: ["\(port)"], in: directory)
-            let (connection, _) = try await listener.accept(timeout: endsRatherThanHangs)
-            defer { try? connection.close() }
             #expect(try await lineOf(peer) == "connected")
 
             // More than every buffer between the two can hold: the write must
@@ -100,6 +92,25 @@ struct AsyncTCPPeerDeathTests {
             defer { try? accepted.close() }
             try await next.writeAll(Array("after".utf8))
             #expect(try await accepted.read(upTo: 16, timeout: endsRatherThanHangs) == Array("after".utf8))
+        }
+    }
+
+    /// A TCP listener on a free loopback port, `script` started with the port
+    /// as its argument, and the connection it made.
+    private func acceptedPeer(
+        _ name: String, script: String, in directory: TemporaryDirectory
+    ) async throws -> (AsyncStreamListener, UInt16, PythonPeer, AsyncStreamSocket) {
+        let listener = try AsyncStreamListener.bind(to: Endpoint.tcp(host: "127.0.0.1", port: 0))
+        do {
+            guard case .tcp(_, let port) = try listener.localEndpoint().kind else {
+                throw PythonPeer.Failed(description: "a TCP listener without a TCP endpoint")
+            }
+            let peer = try PythonPeer(name, script: script, arguments: ["\(port)"], in: directory)
+            let (connection, _) = try await listener.accept(timeout: endsRatherThanHangs)
+            return (listener, port, peer, connection)
+        } catch {
+            try? listener.close()
+            throw error
         }
     }
 
