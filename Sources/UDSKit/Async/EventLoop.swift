@@ -205,9 +205,10 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
             let idle = onLoop.pointee.jobs.isEmpty && !hasRemoteJobs.load(ordering: .acquiring)
             if stopping && idle && finishStopping() { break }
             // Without timers the clock is not read at all.
-            let timeout = !idle ? 0 : onLoop.pointee.timers.isEmpty ? -1 : onLoop.pointee.timers.millisecondsUntilNext(now: .now)
+            var timeout: CInt = 0
+            if idle { timeout = onLoop.pointee.timers.isEmpty ? -1 : onLoop.pointee.timers.millisecondsUntilNext(now: .now) }
             selector.wait(timeoutMilliseconds: timeout) { event in
-                Registration.handle(event)
+                Registration.dispatch(event)
             }
             // No event of that batch can name a retired registration any more.
             if hasRetired.load(ordering: .acquiring) { releaseRetired() }

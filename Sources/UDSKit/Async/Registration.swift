@@ -124,7 +124,7 @@ final class Registration: Sendable {
     /// Hands `event` to the registration its token names, which the loop
     /// keeps alive meanwhile (so it is not retained for the call).
     @inline(__always)
-    static func handle(_ event: ReadinessEvent) {
+    static func dispatch(_ event: ReadinessEvent) {
         Unmanaged<Registration>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(event.token))!)
             ._withUnsafeGuaranteedRef { $0.handle(event) }
     }
