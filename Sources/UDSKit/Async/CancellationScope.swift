@@ -63,7 +63,9 @@ final class CancellationScope: Sendable {
     }
 
     private static var currentTask: UInt {
-        withUnsafeCurrentTask { task in task.map { unsafeBitCast($0, to: UInt.self) } ?? 0 }
+        // The optional itself, reinterpreted (nil is 0): unwrapping it would
+        // copy the task value through value witnesses, as its type is resilient.
+        withUnsafeCurrentTask { task in unsafeBitCast(task, to: UInt.self) }
     }
 
     /// Notes the wait `id` as the one to end on cancellation; `false` if the
