@@ -38,6 +38,18 @@ public class Socket: @unchecked Sendable {
         return core
     }
 
+    /// Runs `body` with the async machinery borrowed: a call through
+    /// `asyncCore` retains and releases it around the call (the optimizer does
+    /// not see that this socket keeps it), two reference counts per `tryRead`
+    /// on a readiness handler's path.
+    @inline(__always)
+    func withAsyncCore<R>(_ body: (AsyncCore) throws(SocketError) -> R) throws(SocketError) -> R {
+        let result: Result<R, SocketError> = Unmanaged.passUnretained(asyncCore)._withUnsafeGuaranteedRef { core in
+            Result { () throws(SocketError) in try body(core) }
+        }
+        return try result.get()
+    }
+
     /// The descriptor, for system calls UDSKit does not wrap; it stays owned
     /// by this socket (see ``withDescriptor(_:_:)`` and ``release()``).
     public var descriptor: FileDescriptor { FileDescriptor(rawValue: handle.descriptor) }

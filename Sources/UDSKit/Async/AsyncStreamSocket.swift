@@ -186,8 +186,10 @@ public final class AsyncStreamSocket: Socket, ByteStreamSocket, AsyncSocket, @un
 
     /// Reads without waiting: `nil` if nothing has arrived, 0 at the end of the stream.
     public func tryRead(into buffer: UnsafeMutableRawBufferPointer) throws(SocketError) -> Int? {
-        try asyncCore.attempt(.read, "read", exhausted: { AsyncCore.drains($0, of: buffer.count) }) { (fd) throws(SocketError) in
-            try handle.readAttempt(fd, buffer)
+        try withAsyncCore { (core) throws(SocketError) in
+            try core.attempt(.read, "read", exhausted: { AsyncCore.drains($0, of: buffer.count) }) { (fd) throws(SocketError) in
+                try handle.readAttempt(fd, buffer)
+            }
         }
     }
 
@@ -218,7 +220,9 @@ public final class AsyncStreamSocket: Socket, ByteStreamSocket, AsyncSocket, @un
 
     /// Writes without waiting: how much was written, or `nil` if nothing could be.
     public func tryWrite(_ buffer: UnsafeRawBufferPointer) throws(SocketError) -> Int? {
-        try asyncCore.attempt(.write, "write", exhausted: { AsyncCore.fills($0, of: buffer.count) }) { handle.writeAttempt($0, buffer) }
+        try withAsyncCore { (core) throws(SocketError) in
+            try core.attempt(.write, "write", exhausted: { AsyncCore.fills($0, of: buffer.count) }) { handle.writeAttempt($0, buffer) }
+        }
     }
 
     /// Waits until a write may succeed. May be a false positive.
