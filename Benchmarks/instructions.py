@@ -23,7 +23,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
+
+from run import wait_until_listening
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "Benchmarks", ".build", "bin")
@@ -46,12 +47,11 @@ def measure(command, connections, seconds, workdir):
     server = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + [a.format(path=path) for a in command],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not os.path.exists(path):
-        if time.monotonic() > deadline or server.poll() is not None:
-            sys.exit(f"the server did not start: {' '.join(command)}")
-        time.sleep(0.1)
-    time.sleep(0.5)
+    # Listening, not just bound (the file exists from bind on); slow under valgrind.
+    try:
+        wait_until_listening(path, server, timeout=60)
+    except RuntimeError as failure:
+        sys.exit(f"{failure}: {' '.join(command)}")
     client = subprocess.run(
         [os.path.join(BIN, "load_client"), "-c", str(connections), "-s", "100", "-d", str(seconds), "-w", "0.2", path],
         capture_output=True, text=True, check=True)
