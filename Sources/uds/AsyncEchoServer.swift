@@ -9,27 +9,30 @@ extension EchoServer {
     /// writes straight back from it; only bytes the peer cannot take yet are
     /// copied aside.
     func serveAsync(_ listener: AsyncStreamListener, transcript: Transcript, logger: Logger?) async throws {
-        let chunk = self.chunk
         let showPeer = self.showPeer
-        let format = FrameOptions.format(frame, maxFrame: maxFrame)
-        let onGlobal = executor == .global
-        // Stream peers are endpoints; this server is a Unix one.
-        let serve: AsyncStreamServer.Handler =
-            if let format {
-                { connection, endpoint, context in
-                    transcript.opened(context.id)
-                    await echoFrames(
-                        connection, format: format, peer: endpoint.unixAddress ?? .unnamed, id: context.id, showPeer: showPeer,
-                        transcript: transcript)
-                }
-            } else {
-                { connection, endpoint, context in
-                    transcript.opened(context.id)
-                    await echo(connection, peer: endpoint.unixAddress ?? .unnamed, id: context.id, chunk: chunk, showPeer: showPeer, transcript: transcript)
-                }
+        // Stream peers are endpoints; this server is a Unix one. Each handler
+        // is a closure literal of the server's own type, not one converted
+        // from another (a conversion is a thunk: two more frames held by
+        // every idle connection's task).
+        let server: AsyncStreamServer
+        if let format = FrameOptions.format(frame, maxFrame: maxFrame) {
+            server = AsyncStreamServer(listener: listener, logger: logger) { connection, endpoint, context in
+                transcript.opened(context.id)
+                await echoFrames(
+                    connection, format: format, peer: endpoint.unixAddress ?? .unnamed, id: context.id, showPeer: showPeer,
+                    transcript: transcript)
             }
-        // Chosen once, so that a task on the loop holds no frame for the choice.
-        let server = AsyncStreamServer(listener: listener, logger: logger, handler: onGlobal ? onGlobalExecutor(serve) : serve)
+        } else {
+            let settings = StreamEcho(chunk: chunk, showPeer: showPeer, transcript: transcript)
+            server =
+                if executor == .global {
+                    AsyncStreamServer(listener: listener, logger: logger, handler: onGlobalExecutor(settings.serve))
+                } else {
+                    AsyncStreamServer(listener: listener, logger: logger) { connection, endpoint, context in
+                        await settings.serve(connection, endpoint, context)
+                    }
+                }
+        }
         try await serveGracefully(server, transcript: transcript)
     }
 
@@ -124,35 +127,41 @@ private func echo(
     }
 }
 
-@inline(never)
-private func echo(
-    _ connection: AsyncStreamSocket, peer: UnixAddress, id: Int, chunk: Int, showPeer: Bool, transcript: Transcript
-) async {
-    // An echo server has no use for descriptors a client sends: plain recv.
-    connection.keepsIncomingDescriptors = false
-    announce(connection, peer: peer, id: id, showPeer: showPeer, transcript: transcript)
-    let failure = await echoUntilEnd(connection, id: id, chunk: chunk, transcript: transcript)
-    finish(connection, peer: peer, id: id, failure: failure, transcript: transcript)
-}
+/// How `uds echo-server` echoes a stream connection on the async API.
+private struct StreamEcho: Sendable {
+    let chunk: Int
+    let showPeer: Bool
+    let transcript: Transcript
 
-/// Echoes until the end of the stream (`nil`) or a failure.
-@inline(never)
-private func echoUntilEnd(_ connection: AsyncStreamSocket, id: Int, chunk: Int, transcript: Transcript) async -> (any Error)? {
-    let loop = connection.eventLoop
-    do {
-        while true {
-            try await connection.readable()
-            var unsent: [UInt8] = []
-            guard let count = try echoReady(connection, loop: loop, id: id, chunk: chunk, unsent: &unsent, transcript: transcript) else {
-                continue
+    /// Echoes until the end of the stream or a failure, and says which.
+    ///
+    /// One frame for the whole connection: an idle connection's task holds
+    /// it while waiting, and the runtime gives each task one slab of about a
+    /// kilobyte for its frames before it needs a second.
+    @inline(never)
+    func serve(_ connection: AsyncStreamSocket, _ endpoint: Endpoint, _ context: ConnectionContext) async {
+        let id = context.id
+        transcript.opened(id)
+        // An echo server has no use for descriptors a client sends: plain recv.
+        connection.keepsIncomingDescriptors = false
+        announce(connection, peer: endpoint.unixAddress ?? .unnamed, id: id, showPeer: showPeer, transcript: transcript)
+        let loop = connection.eventLoop
+        var failure: (any Error)?
+        do {
+            while true {
+                try await connection.readable()
+                var unsent: [UInt8] = []
+                guard let count = try echoReady(connection, loop: loop, id: id, chunk: chunk, unsent: &unsent, transcript: transcript)
+                else { continue }
+                if count == 0 { break }
+                // The peer is not reading as fast as it writes: wait for it,
+                // holding only what it has not taken yet.
+                if !unsent.isEmpty { try await connection.writeAll(unsent) }
             }
-            if count == 0 { return nil }
-            // The peer is not reading as fast as it writes: wait for it, holding
-            // only what it has not taken yet.
-            if !unsent.isEmpty { try await connection.writeAll(unsent) }
+        } catch {
+            failure = error
         }
-    } catch {
-        return error
+        finish(connection, peer: endpoint.unixAddress ?? .unnamed, id: id, failure: failure, transcript: transcript)
     }
 }
 

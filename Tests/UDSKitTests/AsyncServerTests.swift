@@ -233,6 +233,44 @@ struct AsyncServerTests {
         try client.close()
     }
 
+    @Test func cancellingRunEndsAHandlersWaitWithCancellation() async throws {
+        let address = try uniqueAbstractAddress("cancelwait")
+        let listener = try AsyncStreamListener.bind(to: address)
+        let connected = ServerTestFlag()
+        let outcomes = Outcomes()
+        let server = AsyncStreamServer(listener: listener) { connection, _, _ in
+            // The connection's task waits on its connection (with no handler
+            // of its own: the server ends it), and a child task waits on the
+            // same connection with its own.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    do {
+                        _ = try await connection.read(upTo: 16)
+                        outcomes.append("child read returned")
+                    } catch {
+                        outcomes.append("child", error)
+                    }
+                }
+                connected.set()
+                do {
+                    _ = try await connection.read(upTo: 16)
+                    outcomes.append("owner read returned")
+                } catch {
+                    outcomes.append("owner", error)
+                }
+                try await group.waitForAll()
+            }
+        }
+        let running = Task { try await server.run() }
+        let client = try await AsyncStreamSocket.connect(to: address)
+        try await connected.wait()
+        running.cancel()
+        #expect(try await client.read(upTo: 16, timeout: endsRatherThanHangs).isEmpty)
+        try await running.value
+        #expect(outcomes.all.sorted() == ["child: cancelled", "owner: cancelled"])
+        try client.close()
+    }
+
     @Test func aShutdownBeforeRunEndsItAtOnce() async throws {
         try await withTemporaryDirectoryAsync { directory in
             let path = directory.path("s")
@@ -502,6 +540,20 @@ final class ServerTestFlag: Sendable {
             guard ContinuousClock.now < deadline else { throw NeverSet() }
             try await Task.sleep(for: .milliseconds(2))
         }
+    }
+}
+
+/// What the tasks of a server test saw, in the order they said it.
+final class Outcomes: Sendable {
+    private let stored = Mutex<[String]>([])
+
+    var all: [String] { stored.withLock { $0 } }
+
+    func append(_ outcome: String) { stored.withLock { $0.append(outcome) } }
+
+    /// "`who`: cancelled" for a `CancellationError`, else the error itself.
+    func append(_ who: String, _ error: any Error) {
+        append("\(who): \(error is CancellationError ? "cancelled" : "\(error)")")
     }
 }
 

@@ -38,6 +38,11 @@ final class Registration: Sendable {
     /// Whether a handler is set, readable from any thread: a close must drop
     /// the handler, which usually holds the socket and so this registration.
     private let hasReadinessHandler = Atomic<Bool>(false)
+    /// The task whose waits share one cancellation handler (see
+    /// ``adoptOwner()``), by address; 0: none. Only that task stores it, so
+    /// its own loads see their value, and any other task's load sees
+    /// another number than its own.
+    private let owner = Atomic<UInt>(0)
 
     fileprivate struct Waiter {
         var id: UInt64
@@ -102,6 +107,8 @@ final class Registration: Sendable {
         var writers = WaiterList()
         var nextID: UInt64 = 0
         var closed = false
+        /// The owner task's wait, for its cancellation handler.
+        var ownerWait = ScopedWait()
 
         mutating func list(_ direction: Direction, _ body: (inout WaiterList) -> Waiter?) -> Waiter? {
             switch direction {
@@ -206,6 +213,35 @@ final class Registration: Sendable {
         readinessHandler?(readiness)
     }
 
+    /// Makes the current task this socket's owner: its waits here tell the
+    /// one cancellation handler the task installs around all of them, which
+    /// calls ``cancelOwnerWait()``, instead of each installing its own. What
+    /// ``AsyncServer`` does for a connection's task: no task-local scope, so
+    /// none of its frames stays on an idle connection's task.
+    func adoptOwner() {
+        owner.store(CancellationScope.currentTask, ordering: .relaxed)
+    }
+
+    /// The owner task has ended (its address may name another task later).
+    func releaseOwner() {
+        owner.store(0, ordering: .relaxed)
+    }
+
+    /// The owner task was cancelled: end its wait here, if one is suspended;
+    /// the waits it starts from now on end at once.
+    func cancelOwnerWait() {
+        guard let (direction, id) = waiters.withLock({ $0.ownerWait.cancel() }) else { return }
+        abandon(direction, id: id, with: CancellationError())
+    }
+
+    /// Who ends a wait when its task is cancelled.
+    private enum Canceller {
+        /// The owner task's handler (``cancelOwnerWait()``).
+        case owner
+        /// The handler of the scope the task entered.
+        case scope(CancellationScope)
+    }
+
     /// Waits until readiness in `direction` moves past `observed`.
     /// - Throws: `CancellationError` if the task is cancelled, ``SocketError``
     ///   `.timedOut` at `deadline`, `.closed` if the socket closes meanwhile.
@@ -214,12 +250,18 @@ final class Registration: Sendable {
         _ direction: Direction, after observed: UInt64, deadline: Deadline?,
         operation: String
     ) async throws {
-        guard let scope = CancellationScope.ofCurrentTask else {
+        let task = CancellationScope.currentTask
+        let canceller: Canceller
+        if owner.load(ordering: .relaxed) == task {
+            canceller = .owner
+        } else if let scope = CancellationScope.current, scope.owner == task {
+            canceller = .scope(scope)
+        } else {
             return try await waitWithOwnHandler(direction, after: observed, deadline: deadline, operation: operation)
         }
-        // The scope's one handler ends whichever wait is current.
+        // A handler installed once ends whichever wait is current.
         try await withUnsafeThrowingContinuation { continuation in
-            listOrResume(continuation, direction, after: observed, deadline: deadline, operation: operation, scope: scope)
+            listOrResume(continuation, direction, after: observed, deadline: deadline, operation: operation, canceller: canceller)
         }
     }
 
@@ -234,21 +276,22 @@ final class Registration: Sendable {
         let scope = CancellationScope()
         try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { continuation in
-                listOrResume(continuation, direction, after: observed, deadline: deadline, operation: operation, scope: scope)
+                listOrResume(
+                    continuation, direction, after: observed, deadline: deadline, operation: operation, canceller: .scope(scope))
             }
         } onCancel: {
             scope.cancel()
         }
     }
 
-    /// Lists a waiter for `continuation` and tells `scope` its ID, or resumes
+    /// Lists a waiter for `continuation` and tells `canceller` its ID, or resumes
     /// it at once: the socket closed, or readiness moved past `observed`
     /// while the caller was trying (or the direction ended, and no edge will
     /// ever come again), so the caller tries again. Synchronous, so that what
     /// it needs is not kept across the suspension.
     private func listOrResume(
         _ continuation: UnsafeContinuation<Void, any Error>, _ direction: Direction, after observed: UInt64,
-        deadline: Deadline?, operation: String, scope: CancellationScope
+        deadline: Deadline?, operation: String, canceller: Canceller
     ) {
         let listing: Listing = waiters.withLock { waiters in
             if waiters.closed { return .resume(handle.error(operation, code: .closed)) }
@@ -277,14 +320,18 @@ final class Registration: Sendable {
                 list.append(waiter)
                 return nil
             }
-            let cancelled = !scope.enter(self, direction, id: id)
+            let cancelled =
+                switch canceller {
+                case .owner: !waiters.ownerWait.enter(direction, id: id)
+                case .scope(let scope): !scope.enter(self, direction, id: id)
+                }
             return .listed(id: id, timer: timer, cancelled: cancelled)
         }
         switch listing {
         case .resume(let error?): continuation.resume(throwing: error)
         case .resume(nil): continuation.resume()
         case .listed(let id, let timer, let cancelled):
-            // A task cancelled before `scope` knew the ID had nothing to end.
+            // A task cancelled before its handler knew the ID had nothing to end.
             if cancelled { abandon(direction, id: id, with: CancellationError()) }
             // If the wait already ended, the timer is cancelled and harmless.
             if let timer { loop.schedule(timer) }

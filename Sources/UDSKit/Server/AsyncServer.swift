@@ -34,7 +34,15 @@ public typealias AsyncSeqpacketServer = AsyncServer<AsyncSeqpacketListener>
 ///    operations fail with `.closed`) and their tasks are cancelled.
 ///
 /// ``run()`` returns once every connection task has ended. Cancelling the
-/// task that runs it shuts down at once, as a grace period of zero does.
+/// task that runs it shuts down at once, as a grace period of zero does:
+/// the connections' tasks are cancelled, and their pending operations
+/// throw `CancellationError`.
+///
+/// A connection's task is cancelled only through the server (the runtime
+/// cancels it with ``run()``'s task, and the deadline cuts it), so its waits
+/// on its own connection install no cancellation handler of their own: the
+/// server ends them. A handler that cancels its own task by other means
+/// (`withUnsafeCurrentTask`) does not end them; closing the connection does.
 ///
 /// Each connection's task prefers the connection's event loop as its
 /// executor, so that readiness wakes it without a thread hop. A handler that
@@ -118,55 +126,102 @@ public final class AsyncServer<Listener: ServableListener>: Sendable {
             return !state.started
         }
         guard first else { throw AsyncServerError.alreadyRun }
-        var failure: (any Error)?
         // The accept loop on the listener's loop; each connection on its own.
-        await withTaskExecutorPreference(listener.eventLoop) {
-            await withDiscardingTaskGroup { group in
-                while true {
-                    let connection: Listener.Connection
-                    let peer: Listener.Peer
-                    do {
-                        (connection, peer) = try await listener.accept(timeout: nil)
-                    } catch let error as SocketError where error.code == .closed {
-                        break  // Shutdown closed it (or its owner did).
-                    } catch is CancellationError {
-                        break
-                    } catch {
-                        failure = error
-                        logger?.error("accept failed; shutting down", metadata: [LogKey.error: "\(error)"])
-                        break
-                    }
-                    // Counted before its task starts, so that a shutdown that
-                    // begins now waits for it too.
-                    let id = state.withLock { state in
-                        state.lastID += 1
-                        state.connections[state.lastID] = connection
-                        return state.lastID
-                    }
-                    let context = ConnectionContext(id: id, shutdownBegan: shutdownBegan)
-                    group.addTask(executorPreference: connection.eventLoop) {
-                        // An idle connection's task holds this frame while the
-                        // handler waits: nothing here but the handler's call.
-                        var failure: (any Error)?
-                        do {
-                            // One cancellation handler for all the connection's waits.
-                            try await withSocketCancellationScope { try await self.handler(connection, peer, context) }
-                        } catch {
-                            failure = error
-                        }
-                        self.finish(connection, id: context.id, failure: failure)
-                    }
-                }
-                // However accepting ended, it is a shutdown; cancellation or a
-                // failure leaves no grace.
-                beginShutdown(gracePeriod: Task.isCancelled || failure != nil ? .zero : nil)
-                await drain()
-                cutRemaining()
-                group.cancelAll()
+        let failure = await withTaskExecutorPreference(listener.eventLoop) {
+            // The connections' tasks have no cancellation handler of their own (see `serve`).
+            await withTaskCancellationHandler {
+                await serveConnections()
+            } onCancel: {
+                cancelConnectionWaits()
             }
         }
         logger?.info("server stopped")
         if let failure { throw failure }
+    }
+
+    /// Accepts until shutdown, serving each connection in a child task, and
+    /// returns once they have all ended: with the accept failure that ended
+    /// it, if one did.
+    private func serveConnections() async -> (any Error)? {
+        var failure: (any Error)?
+        // Throwing, though no child throws: its tasks take their closure as it
+        // is, where the other group wraps each in a thunk, two more frames on
+        // every idle connection's task.
+        try? await withThrowingDiscardingTaskGroup { group in
+            while true {
+                let connection: Listener.Connection
+                let peer: Listener.Peer
+                do {
+                    (connection, peer) = try await listener.accept(timeout: nil)
+                } catch let error as SocketError where error.code == .closed {
+                    break  // Shutdown closed it (or its owner did).
+                } catch is CancellationError {
+                    break
+                } catch {
+                    failure = error
+                    logger?.error("accept failed; shutting down", metadata: [LogKey.error: "\(error)"])
+                    break
+                }
+                // Counted before its task starts, so that a shutdown that
+                // begins now waits for it too.
+                let id = state.withLock { state in
+                    state.lastID += 1
+                    state.connections[state.lastID] = connection
+                    return state.lastID
+                }
+                let context = ConnectionContext(id: id, shutdownBegan: shutdownBegan)
+                group.addTask(executorPreference: connection.eventLoop) {
+                    await self.serve(connection, peer: peer, context: context)
+                }
+            }
+            // However accepting ended, it is a shutdown; cancellation or a
+            // failure leaves no grace.
+            beginShutdown(gracePeriod: Task.isCancelled || failure != nil ? .zero : nil)
+            await drain()
+            cutRemaining()
+            group.cancelAll()
+        }
+        return failure
+    }
+
+    /// Runs the handler for one connection, in its task, and finishes it.
+    ///
+    /// An idle connection's task holds this frame and the handler's while it
+    /// waits, and the runtime gives a task one slab of about a kilobyte for
+    /// its frames before it opens a second: so nothing more is here. The task
+    /// owns its connection's waits (``Registration/adoptOwner()``) and the
+    /// server ends them when the task is cancelled, which only the server's
+    /// own group does: no cancellation handler per connection, no task-local
+    /// scope (their frames took an idle connection past the first slab).
+    @inline(never)
+    private func serve(_ connection: Listener.Connection, peer: Listener.Peer, context: ConnectionContext) async {
+        let registration = Self.registration(of: connection)
+        registration?.adoptOwner()
+        // Started in a group that was cancelled already, after the server
+        // ended its connections' waits.
+        if Task.isCancelled { registration?.cancelOwnerWait() }
+        let failure: (any Error)?
+        do {
+            try await handler(connection, peer, context)
+            failure = nil
+        } catch {
+            failure = error
+        }
+        registration?.releaseOwner()
+        finish(connection, id: context.id, failure: failure)
+    }
+
+    /// What the connection's waits go through, for a socket of UDSKit's.
+    private static func registration(of connection: Listener.Connection) -> Registration? {
+        (connection as? Socket)?.core?.registration
+    }
+
+    /// The server's task was cancelled, and with it (by the runtime) every
+    /// connection's task: end the waits of each task on its own connection,
+    /// which have no cancellation handler of their own.
+    private func cancelConnectionWaits() {
+        let open = state.withLock { Array($0.connections.values) }
+        for connection in open { Self.registration(of: connection)?.cancelOwnerWait() }
     }
 
     /// Begins a graceful shutdown, or brings its deadline closer: stops
