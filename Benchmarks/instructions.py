@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Counts the user-space instructions an echo server spends per round trip.
 
-    python3 Benchmarks/instructions.py [--connections 10] [--servers udskit,udskit-handlers,c]
+    python3 Benchmarks/instructions.py [--connections 10] [--servers udskit,udskit-handlers,c] [--functions 25]
 
 CPU time on a shared virtual machine moves by 10-20% between runs, which hides
 the change one optimisation makes. This counts instructions instead: each
@@ -11,6 +11,10 @@ instructions divided by the difference in round trips is the cost of one round
 trip, with start-up and shutdown cancelled out. The kernel's share, the same
 for every server, is not counted.
 
+With `--functions N`, also lists the N functions that spend the most per
+round trip (their own instructions, from `callgrind_annotate` of both runs,
+differenced the same way), with the demangled names.
+
 Needs valgrind (`apt-get install valgrind`). Valgrind 3.19 cannot read the
 DWARF 5 that Swift emits, so the binary is copied without debug information
 (`strip -g`) first. Run it on a quiet machine: the server is 20-50x slower
@@ -19,6 +23,7 @@ under valgrind, so the client is never the limit here.
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,9 +43,9 @@ def servers(uds):
     }
 
 
-def measure(command, connections, seconds, workdir):
+def measure(command, connections, seconds, workdir, out):
+    """Round trips and total instructions of one run; callgrind's counts stay in `out`."""
     path = os.path.join(workdir, "echo.sock")
-    out = os.path.join(workdir, "callgrind.out")
     for stale in (path, out):
         if os.path.exists(stale):
             os.unlink(stale)
@@ -65,6 +70,37 @@ def measure(command, connections, seconds, workdir):
     sys.exit(f"no instruction count from {' '.join(command)}")
 
 
+def instructions_by_function(out):
+    """Each function's own instructions in one callgrind run."""
+    annotated = subprocess.run(
+        ["callgrind_annotate", "--threshold=100", out], capture_output=True, text=True, check=True).stdout
+    counts = {}
+    for line in annotated.splitlines():
+        match = re.match(r"\s*([\d,]+) \([^)]*\)\s+(.*)$", line)
+        if match and ":" in match.group(2):
+            name = match.group(2).rsplit(" [", 1)[0].split(":", 1)[1]
+            counts[name] = counts.get(name, 0) + int(match.group(1).replace(",", ""))
+    return counts
+
+
+def demangle(names):
+    if shutil.which("swift") is None:
+        return names
+    result = subprocess.run(["swift", "demangle", "--simplified"], input="\n".join(names), capture_output=True, text=True)
+    lines = result.stdout.splitlines()
+    return lines if result.returncode == 0 and len(lines) == len(names) else names
+
+
+def print_functions(short_out, long_out, round_trips, limit):
+    short, long = instructions_by_function(short_out), instructions_by_function(long_out)
+    per_round_trip = {name: (long.get(name, 0) - short.get(name, 0)) / round_trips for name in set(short) | set(long)}
+    top = sorted(per_round_trip.items(), key=lambda item: -item[1])[:limit]
+    print("| instructions per round trip | function |")
+    print("|---|---|")
+    for (_, cost), name in zip(top, demangle([name for name, _ in top])):
+        print(f"| {cost:,.0f} | {name[:160]} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", type=int, default=10)
@@ -72,6 +108,7 @@ def main():
     parser.add_argument("--uds", default=os.path.join(ROOT, ".build", "release", "uds"))
     parser.add_argument("--short", type=float, default=2.0, help="seconds of the shorter run")
     parser.add_argument("--long", type=float, default=5.0, help="seconds of the longer run")
+    parser.add_argument("--functions", type=int, default=0, help="list the N costliest functions per round trip")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed: apt-get install valgrind")
@@ -85,11 +122,17 @@ def main():
         table = servers(stripped)
         print(f"| server | instructions per round trip ({args.connections} connections) |")
         print("|---|---|")
+        breakdowns = []
         for name in args.servers.split(","):
-            short = measure(table[name], args.connections, args.short, workdir)
-            long = measure(table[name], args.connections, args.long, workdir)
+            short_out, long_out = os.path.join(workdir, f"{name}.short.out"), os.path.join(workdir, f"{name}.long.out")
+            short = measure(table[name], args.connections, args.short, workdir, short_out)
+            long = measure(table[name], args.connections, args.long, workdir, long_out)
             per_round_trip = (long[1] - short[1]) / (long[0] - short[0])
             print(f"| {name} | {per_round_trip:,.0f} |", flush=True)
+            breakdowns.append((name, short_out, long_out, long[0] - short[0]))
+        for name, short_out, long_out, round_trips in breakdowns if args.functions else []:
+            print(f"\n{name}:\n")
+            print_functions(short_out, long_out, round_trips, args.functions)
 
 
 if __name__ == "__main__":
