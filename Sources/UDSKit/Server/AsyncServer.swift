@@ -36,7 +36,8 @@ public typealias AsyncSeqpacketServer = AsyncServer<AsyncSeqpacketListener>
 /// ``run()`` returns once every connection task has ended. Cancelling the
 /// task that runs it shuts down at once, as a grace period of zero does:
 /// the connections' tasks are cancelled, and their pending operations
-/// throw `CancellationError`.
+/// throw `CancellationError` (or `.closed`, in a connection accepted as the
+/// cancellation came, which the shutdown closes at once).
 ///
 /// A connection's task is cancelled only through the server (the runtime
 /// cancels it with ``run()``'s task, and the deadline cuts it), so its waits
@@ -144,9 +145,10 @@ public final class AsyncServer<Listener: ServableListener>: Sendable {
     /// it, if one did.
     private func serveConnections() async -> (any Error)? {
         var failure: (any Error)?
-        // Throwing, though no child throws: its tasks take their closure as it
-        // is, where the other group wraps each in a thunk, two more frames on
-        // every idle connection's task.
+        // The throwing kind, though neither a child nor the body throws (so
+        // `try?` drops nothing): its tasks take their closure as it is, where
+        // the other kind wraps each in a thunk, two more frames on every idle
+        // connection's task.
         try? await withThrowingDiscardingTaskGroup { group in
             while true {
                 let connection: Listener.Connection
@@ -197,9 +199,6 @@ public final class AsyncServer<Listener: ServableListener>: Sendable {
     private func serve(_ connection: Listener.Connection, peer: Listener.Peer, context: ConnectionContext) async {
         let registration = Self.registration(of: connection)
         registration?.adoptOwner()
-        // Started in a group that was cancelled already, after the server
-        // ended its connections' waits.
-        if Task.isCancelled { registration?.cancelOwnerWait() }
         let failure: (any Error)?
         do {
             try await handler(connection, peer, context)
