@@ -23,13 +23,13 @@ extension EchoServer {
                     transcript: transcript)
             }
         } else {
-            let settings = StreamEcho(chunk: chunk, showPeer: showPeer, transcript: transcript)
+            let echo = AsyncEcho(chunk: chunk, showPeer: showPeer, transcript: transcript)
             server =
                 if executor == .global {
-                    AsyncStreamServer(listener: listener, logger: logger, handler: onGlobalExecutor(settings.serve))
+                    AsyncStreamServer(listener: listener, logger: logger, handler: onGlobalExecutor(echo.serve))
                 } else {
                     AsyncStreamServer(listener: listener, logger: logger) { connection, endpoint, context in
-                        await settings.serve(connection, endpoint, context)
+                        await echo.serve(connection, endpoint, context)
                     }
                 }
         }
@@ -38,14 +38,16 @@ extension EchoServer {
 
     /// Serves seqpacket connections on the shared event loop, one message at a time.
     func serveAsync(_ listener: AsyncSeqpacketListener, transcript: Transcript, logger: Logger?) async throws {
-        let chunk = self.chunk
-        let showPeer = self.showPeer
-        let onGlobal = executor == .global
-        let serve: AsyncSeqpacketServer.Handler = { connection, peer, context in
-            transcript.opened(context.id)
-            await echo(connection, peer: peer, id: context.id, chunk: chunk, showPeer: showPeer, transcript: transcript)
-        }
-        let server = AsyncSeqpacketServer(listener: listener, logger: logger, handler: onGlobal ? onGlobalExecutor(serve) : serve)
+        let echo = AsyncEcho(chunk: chunk, showPeer: showPeer, transcript: transcript)
+        // A closure literal of the server's own type, as for streams.
+        let server =
+            if executor == .global {
+                AsyncSeqpacketServer(listener: listener, logger: logger, handler: onGlobalExecutor(echo.serve))
+            } else {
+                AsyncSeqpacketServer(listener: listener, logger: logger) { connection, peer, context in
+                    await echo.serve(connection, peer, context)
+                }
+            }
         try await serveGracefully(server, transcript: transcript)
     }
 
@@ -127,13 +129,19 @@ private func echo(
     }
 }
 
-/// How `uds echo-server` echoes a stream connection on the async API.
-private struct StreamEcho: Sendable {
+/// How `uds echo-server` echoes a connection on the async API.
+private struct AsyncEcho: Sendable {
     let chunk: Int
     let showPeer: Bool
     let transcript: Transcript
 
-    /// Echoes until the end of the stream or a failure, and says which.
+    /// Echoes a seqpacket connection, message by message.
+    func serve(_ connection: AsyncSeqpacketSocket, _ peer: UnixAddress, _ context: ConnectionContext) async {
+        transcript.opened(context.id)
+        await echo(connection, peer: peer, id: context.id, chunk: chunk, showPeer: showPeer, transcript: transcript)
+    }
+
+    /// Echoes a stream connection until its end or a failure, and says which.
     ///
     /// One frame for the whole connection: an idle connection's task holds
     /// it while waiting, and the runtime gives each task one slab of about a
