@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from run import wait_until_listening
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -48,11 +50,12 @@ def main():
     path = os.path.join(workdir, "echo.sock")
     server = subprocess.Popen(shlex.split(args.server.format(path=path)), stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 15
-        while not os.path.exists(path):
-            if time.monotonic() > deadline or server.poll() is not None:
-                sys.exit("the server did not start")
-            time.sleep(0.05)
+        # Listening, not just bound (the file exists from bind on). The probe's
+        # connection has ended before the first reading.
+        try:
+            wait_until_listening(path, server)
+        except RuntimeError as failure:
+            sys.exit(f"the server did not start: {failure}")
         time.sleep(0.3)
         before = rss_kib(server.pid)
 
