@@ -271,6 +271,33 @@ struct AsyncServerTests {
         try client.close()
     }
 
+    @Test func aHandlersReadTimesOutAndItsConnectionGoesOn() async throws {
+        let address = try uniqueAbstractAddress("timeout")
+        let listener = try AsyncStreamListener.bind(to: address)
+        let outcomes = Outcomes()
+        let server = AsyncStreamServer(listener: listener) { connection, _, _ in
+            // The task owns its connection's waits; a deadline still ends one.
+            do {
+                _ = try await connection.read(upTo: 16, timeout: .milliseconds(20))
+                outcomes.append("first read returned")
+            } catch let error as SocketError where error.code == .timedOut {
+                outcomes.append("timed out")
+            }
+            let request = try await connection.read(upTo: 16, timeout: endsRatherThanHangs)
+            try await connection.writeAll(request)
+        }
+        let running = Task { try await server.run() }
+        let client = try await AsyncStreamSocket.connect(to: address)
+        let deadline = ContinuousClock.now + endsRatherThanHangs
+        while outcomes.all.isEmpty && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(2)) }
+        try await client.writeAll(Array("after".utf8))
+        #expect(try await client.read(upTo: 16, timeout: endsRatherThanHangs) == Array("after".utf8))
+        #expect(outcomes.all == ["timed out"])
+        server.shutdown(gracePeriod: .zero)
+        try await running.value
+        try client.close()
+    }
+
     @Test func aShutdownBeforeRunEndsItAtOnce() async throws {
         try await withTemporaryDirectoryAsync { directory in
             let path = directory.path("s")
