@@ -298,6 +298,41 @@ struct AsyncServerTests {
         try client.close()
     }
 
+    @Test func theOwnerAndItsChildTasksReadOneConnectionAndLoseNothing() async throws {
+        let address = try uniqueAbstractAddress("shared")
+        let listener = try AsyncStreamListener.bind(to: address)
+        let total = Tally()
+        let children = 8
+        let server = AsyncStreamServer(listener: listener) { connection, _, _ in
+            // The owner's waits and its children's (each with a handler of
+            // its own) on one registration: every read ends, at the end of
+            // the stream if not before, and the bytes add up.
+            func readToEnd() async throws -> Int {
+                var count = 0
+                while true {
+                    let bytes = try await connection.read(upTo: 3)
+                    if bytes.isEmpty { return count }
+                    count += bytes.count
+                }
+            }
+            try await withThrowingTaskGroup(of: Int.self) { group in
+                for _ in 0..<children { group.addTask { try await readToEnd() } }
+                total.add(try await readToEnd())
+                for try await count in group { total.add(count) }
+            }
+        }
+        let running = Task { try await server.run() }
+        let client = try await AsyncStreamSocket.connect(to: address)
+        let message = patternBytes(count: 64 * 1024, seed: 9)
+        try await client.writeAll(message)
+        try client.shutdown(.write)
+        #expect(try await client.read(upTo: 16, timeout: endsRatherThanHangs).isEmpty)
+        #expect(total.value == message.count)
+        server.shutdown(gracePeriod: .zero)
+        try await running.value
+        try client.close()
+    }
+
     @Test func aShutdownBeforeRunEndsItAtOnce() async throws {
         try await withTemporaryDirectoryAsync { directory in
             let path = directory.path("s")
@@ -568,6 +603,15 @@ final class ServerTestFlag: Sendable {
             try await Task.sleep(for: .milliseconds(2))
         }
     }
+}
+
+/// A sum that the tasks of a server test add to.
+final class Tally: Sendable {
+    private let sum = Atomic<Int>(0)
+
+    var value: Int { sum.load(ordering: .acquiring) }
+
+    func add(_ count: Int) { sum.add(count, ordering: .acquiringAndReleasing) }
 }
 
 /// What the tasks of a server test saw, in the order they said it.
