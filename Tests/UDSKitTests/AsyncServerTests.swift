@@ -389,18 +389,19 @@ struct AsyncServerTests {
     @Test func aHandlerWaitingForTheShutdownIsWokenByIt() async throws {
         let address = try uniqueAbstractAddress("waiter")
         let listener = try AsyncStreamListener.bind(to: address)
-        let waiting = ServerTestFlag()
+        let waiting = Tally()
         let server = AsyncStreamServer(listener: listener) { connection, _, context in
             #expect(!context.isShuttingDown)
-            waiting.set()
+            waiting.add(1)
             await context.waitUntilShuttingDown()
             try await connection.writeAll(Array("goodbye".utf8))
         }
         let running = Task { try await server.run() }
         let clients = [try await AsyncStreamSocket.connect(to: address), try await AsyncStreamSocket.connect(to: address)]
-        try await waiting.wait()
+        // Both handlers have started (a connection is counted as open before
+        // its task starts, so the count of open connections is not enough).
         let deadline = ContinuousClock.now + endsRatherThanHangs
-        while server.openConnections < 2 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(2)) }
+        while waiting.value < 2 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(2)) }
         server.shutdown(gracePeriod: endsRatherThanHangs)
         for client in clients {
             #expect(try await client.read(upTo: 16, timeout: endsRatherThanHangs) == Array("goodbye".utf8))
