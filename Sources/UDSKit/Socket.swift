@@ -43,9 +43,9 @@ public class Socket: @unchecked Sendable {
     /// not see that this socket keeps it), two reference counts per `tryRead`
     /// on a readiness handler's path.
     @inline(__always)
-    func withAsyncCore<R>(_ body: (AsyncCore) throws(SocketError) -> R) throws(SocketError) -> R {
-        let result: Result<R, SocketError> = Unmanaged.passUnretained(asyncCore)._withUnsafeGuaranteedRef { core in
-            Result { () throws(SocketError) in try body(core) }
+    func withAsyncCore<R, E: Error>(_ body: (AsyncCore) throws(E) -> R) throws(E) -> R {
+        let result: Result<R, E> = Unmanaged.passUnretained(asyncCore)._withUnsafeGuaranteedRef { core in
+            Result { () throws(E) in try body(core) }
         }
         return try result.get()
     }
@@ -196,7 +196,7 @@ public protocol AsyncSocket: Socket {}
 extension AsyncSocket {
     /// The loop that watches this socket: the executor its tasks should
     /// prefer, so that readiness wakes them without a thread hop.
-    public var eventLoop: EventLoop { asyncCore.registration.loop }
+    public var eventLoop: EventLoop { withAsyncCore { $0.registration.loop } }
 }
 
 // MARK: - Listeners

@@ -64,18 +64,22 @@ extension EchoServer {
 private final class EchoSession: @unchecked Sendable {
     // @unchecked: every member is touched on the connection's loop thread only.
     let connection: AsyncStreamSocket
+    let loop: EventLoop
     let peer: UnixAddress
     let id: Int
     let chunk: Int
     let transcript: Transcript
     let open: OpenConnections
+    // Unchecked: touched on the loop thread only, and a class's `var` is
+    // otherwise checked for exclusive access at run time at every event.
     /// What the peer has not taken yet.
-    private var unsent: [UInt8] = []
-    private var done = false
+    @exclusivity(unchecked) private var unsent: [UInt8] = []
+    @exclusivity(unchecked) private var done = false
 
     init(connection: AsyncStreamSocket, peer: UnixAddress, id: Int, chunk: Int, transcript: Transcript, open: OpenConnections) {
         self.open = open
         self.connection = connection
+        loop = connection.eventLoop
         self.peer = peer
         self.id = id
         self.chunk = chunk
@@ -96,7 +100,6 @@ private final class EchoSession: @unchecked Sendable {
                 unsent.removeFirst(written)
                 if !unsent.isEmpty { return }
             }
-            let loop = connection.eventLoop
             while true {
                 let outcome = try loop.withScratchBuffer(minimumSize: chunk) { (scratch) throws(SocketError) -> Bool in
                     guard let count = try connection.tryRead(into: scratch) else { return false }
