@@ -6,6 +6,9 @@
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#endif
 #ifdef __APPLE__
 #include <sys/un.h>
 #include <sys/ucred.h>
@@ -34,6 +37,22 @@ size_t cudskit_cmsg_space(size_t payload) {
 #ifdef __linux__
 int cudskit_accept4(int fd, struct sockaddr *address, socklen_t *length, int flags) {
     return accept4(fd, address, length, flags);
+}
+
+ssize_t cudskit_recv(int fd, void *buffer, size_t length, int flags) {
+#ifdef SYS_recvfrom
+    return syscall(SYS_recvfrom, fd, buffer, length, flags, NULL, NULL);
+#else
+    return recv(fd, buffer, length, flags);
+#endif
+}
+
+ssize_t cudskit_send(int fd, const void *buffer, size_t length, int flags) {
+#ifdef SYS_sendto
+    return syscall(SYS_sendto, fd, buffer, length, flags, NULL, 0);
+#else
+    return send(fd, buffer, length, flags);
+#endif
 }
 #endif
 

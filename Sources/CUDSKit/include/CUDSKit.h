@@ -53,6 +53,14 @@ int cudskit_forward_signals(const int *signals, int count);
 
 // accept4 needs _GNU_SOURCE, which the Glibc module is not built with.
 int cudskit_accept4(int fd, struct sockaddr *address, socklen_t *length, int flags);
+
+// recv and send as the bare system calls. The C library's are cancellation
+// points, and in a process with threads each call switches asynchronous
+// cancellation on and off around the system call, about 60 instructions
+// that no caller here needs (UDSKit never cancels a thread). Return and
+// errno as recv and send.
+ssize_t cudskit_recv(int fd, void *buffer, size_t length, int flags);
+ssize_t cudskit_send(int fd, const void *buffer, size_t length, int flags);
 #endif
 
 #endif

@@ -179,7 +179,11 @@ enum Sys {
     /// Sends without ever raising SIGPIPE: `MSG_NOSIGNAL` on Linux; on Darwin the
     /// socket carries `SO_NOSIGPIPE` from creation.
     static func send(_ fd: CInt, _ buffer: UnsafeRawBufferPointer, flags: CInt = 0) -> Result<Int, Errno> {
+        #if os(Linux)
+        valueOrErrno { cudskit_send(fd, buffer.baseAddress, buffer.count, flags | noSignalFlag) }
+        #else
         valueOrErrno { systemSend(fd, buffer.baseAddress, buffer.count, flags | noSignalFlag) }
+        #endif
     }
 
     static func send(
@@ -190,7 +194,11 @@ enum Sys {
     }
 
     static func receive(_ fd: CInt, _ buffer: UnsafeMutableRawBufferPointer, flags: CInt = 0) -> Result<Int, Errno> {
+        #if os(Linux)
+        valueOrErrno { cudskit_recv(fd, buffer.baseAddress, buffer.count, flags) }
+        #else
         valueOrErrno { recv(fd, buffer.baseAddress, buffer.count, flags) }
+        #endif
     }
 
     static func receiveMessage(_ fd: CInt, _ message: UnsafeMutablePointer<msghdr>, flags: CInt) -> Result<Int, Errno> {
