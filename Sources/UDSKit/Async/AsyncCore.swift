@@ -95,6 +95,7 @@ final class AsyncCore: Sendable {
 
     /// One attempt, without waiting: `nil` if it would block (or, by the
     /// last short read or write, is known to).
+    @inline(__always)
     func attempt<R>(
         _ direction: Registration.Direction, _ operation: String,
         exhausted: (R) -> Bool = { _ in false }, naming destination: String? = nil,
