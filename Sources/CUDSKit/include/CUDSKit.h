@@ -1,8 +1,9 @@
 #ifndef CUDSKIT_H
 #define CUDSKIT_H
 
-// What Swift cannot import: function-like macros (CMSG_*) and the errno
-// location, which glibc and Darwin spell differently.
+// What Swift cannot import: function-like macros (CMSG_*), the errno
+// location, which glibc and Darwin spell differently, and the variadic
+// syscall().
 
 #include <stddef.h>
 #include <sys/types.h>
