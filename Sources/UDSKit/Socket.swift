@@ -43,21 +43,18 @@ public class Socket: @unchecked Sendable {
     /// not see that this socket keeps it), two reference counts per `tryRead`
     /// on a readiness handler's path.
     @inline(__always)
-    func withAsyncCore<R>(_ body: (AsyncCore) throws(SocketError) -> R) throws(SocketError) -> R {
-        let result: Result<R, SocketError> = Unmanaged.passUnretained(asyncCore)._withUnsafeGuaranteedRef { core in
-            Result { () throws(SocketError) in try body(core) }
+    func withAsyncCore<R, E: Error>(_ body: (AsyncCore) throws(E) -> R) throws(E) -> R {
+        let result: Result<R, E> = Unmanaged.passUnretained(asyncCore)._withUnsafeGuaranteedRef { core in
+            Result { () throws(E) in try body(core) }
         }
         return try result.get()
     }
 
-    /// The loop of an async socket, with its core borrowed, as in
-    /// ``withAsyncCore(_:)``. Not generic: ``AsyncSocket/eventLoop`` is (a
-    /// protocol extension), and a generic call from another module is not
-    /// specialized; there the borrowing would look up `Result`'s metadata at
-    /// every call.
-    final var coreLoop: EventLoop {
-        Unmanaged.passUnretained(asyncCore)._withUnsafeGuaranteedRef { $0.registration.loop }
-    }
+    /// The loop of an async socket, with its core borrowed. Not generic:
+    /// ``AsyncSocket/eventLoop`` is (a protocol extension), and called from
+    /// another module it runs unspecialized, where the generic borrowing
+    /// looked up `Result`'s metadata at every call; here it is specialized.
+    final var coreLoop: EventLoop { withAsyncCore { $0.registration.loop } }
 
     /// The descriptor, for system calls UDSKit does not wrap; it stays owned
     /// by this socket (see ``withDescriptor(_:_:)`` and ``release()``).

@@ -250,11 +250,14 @@ final class Registration: Sendable {
         _ direction: Direction, after observed: UInt64, deadline: Deadline?,
         operation: String
     ) async throws {
-        let task = CancellationScope.currentTask
+        // The current task is looked up only where an owner or a scope is
+        // there to compare with it (a wait of neither kind, a client's say,
+        // pays only the task-local look-up, as before owners existed).
+        let owner = owner.load(ordering: .relaxed)
         let canceller: Canceller
-        if owner.load(ordering: .relaxed) == task {
+        if owner != 0 && owner == CancellationScope.currentTask {
             canceller = .owner
-        } else if let scope = CancellationScope.current, scope.owner == task {
+        } else if let scope = CancellationScope.current, scope.owner == CancellationScope.currentTask {
             canceller = .scope(scope)
         } else {
             return try await waitWithOwnHandler(direction, after: observed, deadline: deadline, operation: operation)
