@@ -50,6 +50,11 @@ public class Socket: @unchecked Sendable {
         return try result.get()
     }
 
+    /// The async machinery, unretained, for an async call of this socket's
+    /// that keeps the socket (and so the core) alive while it waits.
+    @inline(__always)
+    final var unmanagedCore: Unmanaged<AsyncCore> { withAsyncCore { Unmanaged.passUnretained($0) } }
+
     /// The loop of an async socket, with its core borrowed. Not generic:
     /// ``AsyncSocket/eventLoop`` is (a protocol extension), and called from
     /// another module it runs unspecialized, where the generic borrowing

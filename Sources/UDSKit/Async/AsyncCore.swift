@@ -135,11 +135,17 @@ final class AsyncCore: Sendable {
 
     /// Waits until an operation in `direction` may succeed. Readiness can be a
     /// false positive: the next attempt may still say it would block.
+    /// Holds the core unretained (see ``Registration/wait(_:_:after:deadline:operation:)``):
+    /// `core` must be kept alive by the caller, as its socket does.
     @inline(__always)
-    func ready(_ direction: Registration.Direction, deadline: Deadline?, operation: String) async throws {
-        let blockedAt = blockedTick(direction)
-        guard blockedAt != Self.unknownTick, !registration.hasEnded(direction) else { return }
-        try await registration.wait(direction, after: blockedAt, deadline: deadline, operation: operation)
+    static func ready(
+        _ core: Unmanaged<AsyncCore>, _ direction: Registration.Direction, deadline: Deadline?, operation: String
+    ) async throws {
+        let (blockedAt, ended, registration) = core._withUnsafeGuaranteedRef {
+            ($0.blockedTick(direction), $0.registration.hasEnded(direction), Unmanaged.passUnretained($0.registration))
+        }
+        guard blockedAt != unknownTick, !ended else { return }
+        try await Registration.wait(registration, direction, after: blockedAt, deadline: deadline, operation: operation)
     }
 
     /// Whether a stream read of `count` bytes, of `requested`, drained the

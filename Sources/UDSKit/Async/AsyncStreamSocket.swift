@@ -195,7 +195,7 @@ public final class AsyncStreamSocket: Socket, ByteStreamSocket, AsyncSocket, @un
 
     /// Waits until a read may succeed (or the stream ended). May be a false positive.
     public func readable(timeout: Duration? = nil) async throws {
-        try await asyncCore.ready(.read, deadline: handle.deadline(timeout, .read), operation: "read")
+        try await AsyncCore.ready(unmanagedCore, .read, deadline: handle.deadline(timeout, .read), operation: "read")
     }
 
     // MARK: Writing
@@ -227,7 +227,7 @@ public final class AsyncStreamSocket: Socket, ByteStreamSocket, AsyncSocket, @un
 
     /// Waits until a write may succeed. May be a false positive.
     public func writable(timeout: Duration? = nil) async throws {
-        try await asyncCore.ready(.write, deadline: handle.deadline(timeout, .write), operation: "write")
+        try await AsyncCore.ready(unmanagedCore, .write, deadline: handle.deadline(timeout, .write), operation: "write")
     }
 
     // MARK: Descriptor passing
