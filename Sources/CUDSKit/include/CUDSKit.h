@@ -42,6 +42,14 @@ int cudskit_peer_pidfd(int fd);
 // 1 if the process a pidfd refers to still runs (pidfd_send_signal with 0).
 int cudskit_pidfd_is_alive(int pidfd);
 
+// The task running on this thread, or NULL: the concurrency runtime's own
+// entry point, exported for this and what withUnsafeCurrentTask calls. That
+// function is generic, not inlinable, and retains and releases the task
+// around its closure (about 100 instructions per socket wait); Swift code may
+// not name the runtime's symbols itself, so the call is declared here.
+extern void *swift_task_getCurrent(void) __attribute__((swiftcall));
+static inline const void *cudskit_current_task(void) { return swift_task_getCurrent(); }
+
 // Installs a handler for each of `signals` that writes the signal's number,
 // as one byte, to a pipe; returns the pipe's read end (blocking,
 // close-on-exec), or -1 with errno set. For programs (the CLI), never the

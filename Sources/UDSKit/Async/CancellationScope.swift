@@ -52,11 +52,8 @@ final class CancellationScope: Sendable {
     }
 
     /// The current task, by address (never 0 in a task).
-    static var currentTask: UInt {
-        // The optional itself, reinterpreted (nil is 0): unwrapping it would
-        // copy the task value through value witnesses, as its type is resilient.
-        withUnsafeCurrentTask { task in unsafeBitCast(task, to: UInt.self) }
-    }
+    @inline(__always)
+    static var currentTask: UInt { CurrentTask.address }
 
     /// Notes the wait `id` on `registration` as the one to end on
     /// cancellation; `false` if the task was cancelled already (see
