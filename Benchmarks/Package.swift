@@ -10,6 +10,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
     ],
     targets: [
+        // The concurrency runtime's own cost per suspension, without UDSKit.
+        .executableTarget(name: "suspension-floor"),
         .executableTarget(
             name: "nio-echo-server",
             dependencies: [
