@@ -123,6 +123,24 @@ struct EventLoopLifecycleTests {
         #expect(fired.value.load(ordering: .relaxed) == 2)
     }
 
+    /// The kernel copies into and out of the scratch buffer at every read and
+    /// write: page-aligned, whatever size it grows to.
+    @Test func theScratchBufferIsPageAlignedAsItGrows() async throws {
+        let loop = try EventLoop()
+        defer { try? loop.shutdown() }
+        let addresses = await Task(executorPreference: loop) {
+            [100, 65536, 300_000].map { size in
+                loop.withScratchBuffer(minimumSize: size) { buffer in
+                    (UInt(bitPattern: buffer.baseAddress), buffer.count)
+                }
+            }
+        }.value
+        for (index, size) in [100, 65536, 300_000].enumerated() {
+            #expect(addresses[index].0 % 4096 == 0, "\(size) bytes at \(addresses[index].0)")
+            #expect(addresses[index].1 == size)
+        }
+    }
+
     @Test func sleepIsCancellable() async throws {
         let loop = try EventLoop()
         defer { try? loop.shutdown() }

@@ -260,7 +260,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         return true
     }
 
-    /// Lends the loop's scratch buffer, at least `minimumSize` bytes, to code
+    /// Lends the loop's scratch buffer, page-aligned and at least `minimumSize` bytes, to code
     /// running on the loop thread. A server can read into it and write from it
     /// within one synchronous stretch, so a connection that is idle holds no
     /// buffer at all. Never keep the pointer past `body`.
