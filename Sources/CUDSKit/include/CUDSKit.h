@@ -42,11 +42,11 @@ int cudskit_peer_pidfd(int fd);
 // 1 if the process a pidfd refers to still runs (pidfd_send_signal with 0).
 int cudskit_pidfd_is_alive(int pidfd);
 
-// The task running on this thread, or NULL: the concurrency runtime's own
-// entry point, exported for this and what withUnsafeCurrentTask calls. That
-// function is generic, not inlinable, and retains and releases the task
-// around its closure (about 100 instructions per socket wait); Swift code may
-// not name the runtime's symbols itself, so the call is declared here.
+// The task running on this thread, or NULL, from the concurrency runtime's
+// exported entry point (the one withUnsafeCurrentTask calls). That function is
+// generic, not inlinable, and retains and releases the task around its
+// closure (about 100 instructions per socket wait); Swift code may not name
+// the runtime's symbols itself, so the call is declared here.
 extern void *swift_task_getCurrent(void) __attribute__((swiftcall));
 static inline const void *cudskit_current_task(void) { return swift_task_getCurrent(); }
 
