@@ -22,8 +22,9 @@ in 64 KiB writes (MB/s, server CPU per MB), and half-close streaming (every byte
 echoed, then the end of the stream). Each repetition starts the servers in a new
 random order. Every number in the table is a median over the repetitions; every
 ratio is the median of per-repetition ratios to the C server, measured in the same
-repetition by the same client. Server CPU time comes from /proc/PID/stat over the
-measured interval.
+repetition by the same client. Server CPU time is the sum of its threads' run times
+(/proc/PID/task/TID/schedstat, nanoseconds) over the measured interval, or utime +
+stime from /proc/PID/stat (clock ticks) when a thread ended within it.
 
 Builds what it needs: the C server and client and the Go server into
 Benchmarks/.build/bin (again when a source is newer), `uds` and the SwiftNIO

@@ -28,9 +28,14 @@
 // bound wide. Percentiles are reported as the bucket's midpoint: the error is
 // at most 1/256 (0.4%). The maximum is exact.
 //
-// Server CPU (-p PID): utime + stime from /proc/PID/stat (all its threads), and
-// utime alone (the server's own code, whatever the kernel's share), at the
-// start and end of the measured window, per round trip or per MB echoed. The
+// Server CPU (-p PID): the time each of its threads ran, in nanoseconds, from
+// /proc/PID/task/TID/schedstat, summed, at the start and end of the measured
+// window, per round trip or per MB echoed (a thread that started meanwhile
+// counts whole; if one ended, its time is lost there, and utime + stime from
+// /proc/PID/stat, in clock ticks, is used instead: a tick is 10 ms, a
+// tenth of a half-close run's CPU, but the process keeps its ended threads'
+// ticks). utime alone (the server's own code, whatever the kernel's share)
+// comes from /proc/PID/stat. The
 // client's own CPU time is reported the same way, so a run shows which side
 // was busy. With -B the client never sleeps (epoll_wait with timeout 0); each
 // poll that found nothing is then charged at the CPU cost of an empty poll,
@@ -44,6 +49,7 @@
 // end of stream, connect or I/O error ends the run with exit status 1 and a
 // one-line reason on stderr (also in the JSON as "error").
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -240,6 +246,70 @@ static struct process_times process_cpu_us(int pid) {
     return (struct process_times){(double)user * tick, (double)system * tick};
 }
 
+// The run time of each thread of a process, in nanoseconds.
+struct thread_times {
+    int count;
+    int capacity;
+    int *ids;
+    unsigned long long *nanoseconds;
+};
+
+// Reads /proc/PID/task/*/schedstat; `count` is -1 if the directory is unreadable.
+static struct thread_times threads_cpu_ns(int pid) {
+    struct thread_times times = {0, 0, NULL, NULL};
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", pid);
+    DIR *directory = opendir(path);
+    if (directory == NULL) {
+        times.count = -1;
+        return times;
+    }
+    struct dirent *entry;
+    while ((entry = readdir(directory)) != NULL) {
+        int id = atoi(entry->d_name);
+        if (id <= 0) continue;
+        char stat_path[96];
+        snprintf(stat_path, sizeof stat_path, "/proc/%d/task/%d/schedstat", pid, id);
+        FILE *file = fopen(stat_path, "r");
+        if (file == NULL) continue;  // the thread ended since the listing
+        unsigned long long ran = 0;
+        int read = fscanf(file, "%llu", &ran);
+        fclose(file);
+        if (read != 1) continue;
+        if (times.count == times.capacity) {
+            times.capacity = times.capacity ? times.capacity * 2 : 64;
+            times.ids = realloc(times.ids, sizeof *times.ids * (size_t)times.capacity);
+            times.nanoseconds = realloc(times.nanoseconds, sizeof *times.nanoseconds * (size_t)times.capacity);
+            if (times.ids == NULL || times.nanoseconds == NULL) fail("out of memory");
+        }
+        times.ids[times.count] = id;
+        times.nanoseconds[times.count] = ran;
+        times.count++;
+    }
+    closedir(directory);
+    return times;
+}
+
+// The CPU time, in microseconds, that the threads ran between two readings,
+// or -1 if a thread of the first is missing from the second (it ended).
+static double threads_cpu_us_between(struct thread_times before, struct thread_times after) {
+    if (before.count < 0 || after.count < 0) return -1;
+    unsigned long long total = 0;
+    int matched = 0;
+    for (int i = 0; i < after.count; i++) {
+        unsigned long long start = 0;
+        for (int j = 0; j < before.count; j++) {
+            if (before.ids[j] == after.ids[i]) {
+                start = before.nanoseconds[j];
+                matched++;
+                break;
+            }
+        }
+        total += after.nanoseconds[i] - start;
+    }
+    return matched == before.count ? (double)total / 1e3 : -1;
+}
+
 static double own_cpu_us(void) {
     struct timespec time;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &time);
@@ -247,21 +317,37 @@ static double own_cpu_us(void) {
 }
 
 struct cpu_sample {
+    /// utime + stime, in clock ticks' resolution.
     double server_us;
     /// The server's user time alone: its own code, without the kernel's share.
     double server_user_us;
+    /// Each server thread's run time, to the nanosecond.
+    struct thread_times server_threads;
     double client_us;
 };
 
 static struct cpu_sample sample_cpu(void) {
-    struct cpu_sample sample = {-1, -1, own_cpu_us()};
+    struct cpu_sample sample = {-1, -1, {-1, 0, NULL, NULL}, own_cpu_us()};
     if (options.server_pid > 0) {
+        sample.server_threads = threads_cpu_ns(options.server_pid);
         struct process_times times = process_cpu_us(options.server_pid);
         if (times.user < 0) fail("cannot read /proc/%d/stat: %s", options.server_pid, strerror(errno));
         sample.server_us = times.user + times.system;
         sample.server_user_us = times.user;
     }
     return sample;
+}
+
+// The server's CPU time between two samples: per thread to the nanosecond,
+// or in clock ticks if a thread ended in between. A thread that both started
+// and ended in between is in neither reading; the ticks still count it, so a
+// sum well below them (by more than their rounding) means one was missed.
+static double server_cpu_us_between(struct cpu_sample before, struct cpu_sample after) {
+    double ticks = after.server_us - before.server_us;
+    double tick = 1e6 / (double)sysconf(_SC_CLK_TCK);
+    double precise = threads_cpu_us_between(before.server_threads, after.server_threads);
+    if (precise < 0 || precise < 0.9 * ticks - 2 * tick) return ticks;
+    return precise;
 }
 
 // MARK: Connections
@@ -651,7 +737,8 @@ static void report(const struct histogram *histogram, uint64_t round_trips, uint
     double operations = pingpong ? (double)round_trips : (double)bytes / 1e6;  // per round trip, or per MB
     int measured = seconds > 0 && operations > 0;
     int server = measured && before.server_us >= 0 && after.server_us >= 0;
-    double server_us = after.server_us - before.server_us, client_us = after.client_us - before.client_us;
+    double server_us = server ? server_cpu_us_between(before, after) : 0;
+    double client_us = after.client_us - before.client_us;
     int latencies = pingpong && histogram->total > 0;
     printf("{\"mode\": \"%s\", \"connections\": %d, \"threads\": %d, \"size\": %zu, \"spin\": %s",
            mode_names[options.mode], options.connections, options.threads, options.size, options.spin ? "true" : "false");
@@ -810,7 +897,7 @@ int main(int argc, char **argv) {
     uint64_t round_trips = 0, bytes = 0, empty_polls = 0;
     double idle_ns = 0;
     double seconds = 0;
-    struct cpu_sample before = {-1, -1, 0}, after = {-1, -1, 0};
+    struct cpu_sample before = {-1, -1, {-1, 0, NULL, NULL}, 0}, after = before;
     for (int index = 0; index < options.connections; index++) connections[index].fd = -1;
     for (int index = 0; index < options.connections && !stopped(); index++) {
         connections[index].index = index;
@@ -874,6 +961,10 @@ int main(int argc, char **argv) {
     if (options.mode == PING_PONG && !stopped() && round_trips == 0) fail("no round trip completed in the measured window");
     after.client_us -= idle_ns / 1e3;  // spinning on empty polls is waiting for the server
     report(histogram, round_trips, bytes, empty_polls, seconds, before, after);
+    free(before.server_threads.ids);
+    free(before.server_threads.nanoseconds);
+    free(after.server_threads.ids);
+    free(after.server_threads.nanoseconds);
     if (failures) {
         fprintf(stderr, "load_client: %s\n", failure);
         return 1;
