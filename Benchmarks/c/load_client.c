@@ -291,7 +291,8 @@ static struct thread_times threads_cpu_ns(int pid) {
 }
 
 // The CPU time, in microseconds, that the threads ran between two readings,
-// or -1 if a thread of the first is missing from the second (it ended).
+// or -1 if a thread of the first is missing from the second (it ended) or its
+// number was reused.
 static double threads_cpu_us_between(struct thread_times before, struct thread_times after) {
     if (before.count < 0 || after.count < 0) return -1;
     unsigned long long total = 0;
@@ -305,6 +306,8 @@ static double threads_cpu_us_between(struct thread_times before, struct thread_t
                 break;
             }
         }
+        // Less than before: the number now names a newer thread.
+        if (after.nanoseconds[i] < start) return -1;
         total += after.nanoseconds[i] - start;
     }
     return matched == before.count ? (double)total / 1e3 : -1;
