@@ -2,8 +2,9 @@
 #define CUDSKIT_H
 
 // What Swift cannot import: function-like macros (CMSG_*), the errno
-// location, which glibc and Darwin spell differently, and the variadic
-// syscall().
+// location, which glibc and Darwin spell differently, the variadic
+// syscall(), and the concurrency runtime's current-task entry point, which
+// Swift code may not name.
 
 #include <stddef.h>
 #include <sys/types.h>
