@@ -12,6 +12,9 @@ let package = Package(
     targets: [
         // The concurrency runtime's own cost per suspension, without UDSKit.
         .executableTarget(name: "suspension-floor"),
+        // The least an async echo server can do on this runtime, without UDSKit.
+        .target(name: "CBareEpoll"),
+        .executableTarget(name: "bare-async-echo", dependencies: ["CBareEpoll"]),
         .executableTarget(
             name: "nio-echo-server",
             dependencies: [

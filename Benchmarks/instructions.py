@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Counts the user-space instructions an echo server spends per round trip.
 
-    python3 Benchmarks/instructions.py [--connections 10] [--servers udskit,udskit-handlers,c] [--functions 25]
+    python3 Benchmarks/instructions.py [--connections 10] [--servers udskit,udskit-handlers,c,swift-bare] [--functions 25]
 
 CPU time on a shared virtual machine moves by 10-20% between runs, which hides
 the change one optimisation makes. This counts instructions instead: each
@@ -35,8 +35,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "Benchmarks", ".build", "bin")
 
 
-def servers(uds):
+def servers(uds, bare):
     return {
+        "swift-bare": [bare, "{path}"],
         "udskit": [uds, "echo-server", "{path}", "--quiet"],
         "udskit-handlers": [uds, "echo-server", "{path}", "--quiet", "--io", "handlers"],
         "c": [os.path.join(BIN, "echo_epoll"), "{path}"],
@@ -119,7 +120,13 @@ def main():
     with tempfile.TemporaryDirectory(prefix="udsinstr-") as workdir:
         stripped = os.path.join(workdir, "uds")
         subprocess.run(["strip", "-g", "-o", stripped, args.uds], check=True)
-        table = servers(stripped)
+        bare = os.path.join(workdir, "bare-async-echo")
+        bare_built = os.path.join(ROOT, "Benchmarks", ".build", "release", "bare-async-echo")
+        if "swift-bare" in args.servers.split(","):
+            if not os.path.exists(bare_built):
+                sys.exit(f"{bare_built} is missing: swift build -c release --package-path Benchmarks")
+            subprocess.run(["strip", "-g", "-o", bare, bare_built], check=True)
+        table = servers(stripped, bare)
         print(f"| server | instructions per round trip ({args.connections} connections) |")
         print("|---|---|")
         breakdowns = []

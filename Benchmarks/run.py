@@ -3,7 +3,10 @@
 
     python3 Benchmarks/run.py [--reps 3] [--duration 3] [--servers c,udskit,...] [--client c,uds]
 
-Servers: the C epoll server written here (the reference), UDSKit's
+Servers: the C epoll server written here (the reference), the least an async
+Swift server can do (Sources/bare-async-echo: epoll, a task per connection, a
+bare continuation per wait, no UDSKit; on one thread, and with its loop on a
+second), UDSKit's
 `uds echo-server` (async on its loop thread; async with tasks on Swift's global
 executor, to show what thread hops cost; thread per connection), SwiftNIO's echo
 server on one event loop, Go's net package (goroutine per connection,
@@ -49,7 +52,8 @@ BIN = os.path.join(BENCH, ".build", "bin")
 
 # Servers whose threads the scheduler places: several loops on all CPUs.
 UNPINNED = {"udskit-2loops"}
-SERVERS = ["c", "udskit", "udskit-handlers", "udskit-2loops", "udskit-global", "udskit-threads", "nio", "go", "python"]
+SERVERS = ["c", "swift-bare", "swift-bare-thread", "udskit", "udskit-handlers", "udskit-2loops", "udskit-global",
+           "udskit-threads", "nio", "go", "python"]
 CLIENTS = ["c", "uds"]
 
 
@@ -111,12 +115,19 @@ def build(servers, clients):
         subprocess.run(["swift", "build", "-c", "release", "--product", "uds"], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL)
     nio = os.path.join(BENCH, ".build", "release", "nio-echo-server")
-    if "nio" in servers:
-        print("building nio-echo-server (release)...", file=sys.stderr)
+    bare = os.path.join(BENCH, ".build", "release", "bare-async-echo")
+    if "nio" in servers or any(s.startswith("swift-bare") for s in servers):
+        print("building the Benchmarks package (release)...", file=sys.stderr)
         subprocess.run(["swift", "build", "-c", "release"], cwd=BENCH, check=True, stdout=subprocess.DEVNULL)
 
     commands = {
         "c": [echo_epoll, "{path}"],
+        # The least an async server can do on Swift's runtime, without UDSKit:
+        # what is left of the gap to C is the runtime's suspension.
+        "swift-bare": [bare, "{path}"],
+        # The same with its loop on a second thread: a process with more than
+        # one thread takes a file reference per system call.
+        "swift-bare-thread": [bare, "{path}", "--loop-thread"],
         "udskit": [uds, "echo-server", "{path}", "--quiet"],
         "udskit-threads": [uds, "echo-server", "{path}", "--quiet", "--io", "threads"],
         # Readiness handlers on the loop: no task per connection, no task switch.
@@ -245,7 +256,7 @@ def main():
     if missing:
         sys.exit(f"CPU {', '.join(map(str, sorted(missing)))} is not available to this process")
     tools = ["cc"] + (["go"] if "go" in servers else [])
-    tools += ["swift"] if any(s.startswith("udskit") or s == "nio" for s in servers) or "uds" in clients else []
+    tools += ["swift"] if any(s.startswith(("udskit", "swift-bare")) or s == "nio" for s in servers) or "uds" in clients else []
     for tool in tools:
         if shutil.which(tool) is None:
             hint = "; install Go, or leave its server out with --skip go" if tool == "go" else ""
