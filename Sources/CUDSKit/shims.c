@@ -108,10 +108,11 @@ void cudskit_read_ucred(const void *data, pid_t *pid, uid_t *uid, gid_t *gid) {
 size_t cudskit_ucred_size(void) { return 0; }
 #endif
 
-// Signals as bytes on a pipe: the handler only writes the signal's number,
-// which is async-signal-safe, and a thread of the program's choosing reads
-// them and does the real work. No thread pool is involved, so this works
-// when the process is out of descriptors (a pool's monitor may not).
+// Signals as bytes on a socket pair: the handler only sends the signal's
+// number, which is async-signal-safe, and a thread of the program's choosing
+// (or its event loop, which watches sockets) reads them and does the real
+// work. No thread pool is involved, so this works when the process is out of
+// descriptors (a pool's monitor may not).
 #include <fcntl.h>
 #include <signal.h>
 
@@ -120,18 +121,27 @@ static volatile int signal_pipe_write = -1;
 static void cudskit_forward_signal(int number) {
     int saved = errno;
     unsigned char byte = (unsigned char)number;
-    // Non-blocking: during a storm a full pipe drops bytes, never the handler.
-    (void)write(signal_pipe_write, &byte, 1);
+    // Non-blocking: during a storm a full socket drops bytes, never the
+    // handler. A closed read end must not raise SIGPIPE.
+#if defined(MSG_NOSIGNAL)
+    (void)send(signal_pipe_write, &byte, 1, MSG_NOSIGNAL);
+#else
+    (void)write(signal_pipe_write, &byte, 1);  // SO_NOSIGPIPE is set on it
+#endif
     errno = saved;
 }
 
 int cudskit_forward_signals(const int *signals, int count) {
     int fds[2];
-    if (pipe(fds) != 0) return -1;
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) return -1;
     for (int i = 0; i < 2; i++) {
         if (fcntl(fds[i], F_SETFD, FD_CLOEXEC) != 0) goto fail;
     }
     if (fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK) != 0) goto fail;
+#if !defined(MSG_NOSIGNAL) && defined(SO_NOSIGPIPE)
+    int on = 1;
+    if (setsockopt(fds[1], SOL_SOCKET, SO_NOSIGPIPE, &on, sizeof on) != 0) goto fail;
+#endif
     signal_pipe_write = fds[1];
     struct sigaction action;
     memset(&action, 0, sizeof action);

@@ -129,7 +129,7 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
             // A socket a service manager passed wins over the address: serve on
             // it, whatever its type (and never unlink its file).
             let passed = try serving.passedSocket(logger: logger)
-            func make<Socket>(
+            @Sendable func make<Socket>(
                 adopting adopt: (FileDescriptor) throws(SocketError) -> Socket, binding bind: () throws(SocketError) -> Socket
             ) throws(SocketError) -> Socket {
                 try ServingOptions.adopt(passed, adopt, orBind: bind)
@@ -146,20 +146,19 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
                 return
             }
             let type = passed.flatMap(ServingOptions.type(of:)) ?? self.type
-            let loops: any EventLoopSource = self.loops == 1 ? EventLoop.shared : try EventLoopGroup(loopCount: self.loops)
             switch type {
             case .stream where io != .threads:
-                let listener = try make(
-                    adopting: { (fd) throws(SocketError) in try AsyncStreamListener(adopting: fd, admitting: access, logger: logger, on: loops) },
-                    binding: { () throws(SocketError) in try AsyncStreamListener.bind(to: address, options: options, admitting: access, on: loops) })
-                announce(replacedStale: listener.replacedStaleSocket, address: self.address)
-                if io == .handlers {
-                    try runOnLoop(listener.eventLoop) {
-                        try await serveWithHandlers(listener, transcript: transcript, logger: logger)
-                    }
-                } else {
+                try withLoops { loops in
+                    let listener = try make(
+                        adopting: { (fd) throws(SocketError) in try AsyncStreamListener(adopting: fd, admitting: access, logger: logger, on: loops) },
+                        binding: { () throws(SocketError) in try AsyncStreamListener.bind(to: address, options: options, admitting: access, on: loops) })
+                    announce(replacedStale: listener.replacedStaleSocket, address: self.address)
                     // Returns once the server has shut down and its clients are gone.
-                    try runOnLoop(listener.eventLoop) { try await serveAsync(listener, transcript: transcript, logger: logger) }
+                    if io == .handlers {
+                        try await serveWithHandlers(listener, transcript: transcript, logger: logger)
+                    } else {
+                        try await serveAsync(listener, transcript: transcript, logger: logger)
+                    }
                 }
             case .stream:
                 let listener = try make(
@@ -173,21 +172,25 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
                     },
                     close: { try? listener.close() }, transcript: transcript, logger: logger)
             case .seqpacket where io == .async:
-                let listener = try make(
-                    adopting: { (fd) throws(SocketError) in try AsyncSeqpacketListener(adopting: fd, admitting: access, logger: logger, on: loops) },
-                    binding: { () throws(SocketError) in try AsyncSeqpacketListener.bind(to: address, options: options, admitting: access, on: loops) })
-                announce(replacedStale: listener.replacedStaleSocket, address: self.address)
-                try runOnLoop(listener.eventLoop) { try await serveAsync(listener, transcript: transcript, logger: logger) }
-            case .dgram where io == .async:
-                let socket = try make(
-                    adopting: { (fd) throws(SocketError) in try AsyncDatagramSocket(adopting: fd, on: loops.next()) },
-                    binding: { () throws(SocketError) in try AsyncDatagramSocket.bind(to: address, options: options, on: loops.next()) })
-                announce(replacedStale: socket.replacedStaleSocket, address: self.address)
-                ShutdownSignals.install { _ in
-                    try? socket.close()
-                    Foundation.exit(0)
+                try withLoops { loops in
+                    let listener = try make(
+                        adopting: { (fd) throws(SocketError) in try AsyncSeqpacketListener(adopting: fd, admitting: access, logger: logger, on: loops) },
+                        binding: { () throws(SocketError) in try AsyncSeqpacketListener.bind(to: address, options: options, admitting: access, on: loops) })
+                    announce(replacedStale: listener.replacedStaleSocket, address: self.address)
+                    try await serveAsync(listener, transcript: transcript, logger: logger)
                 }
-                try runOnLoop(socket.eventLoop) { try await serveAsync(socket, transcript: transcript) }
+            case .dgram where io == .async:
+                try withLoops { loops in
+                    let socket = try make(
+                        adopting: { (fd) throws(SocketError) in try AsyncDatagramSocket(adopting: fd, on: loops.next()) },
+                        binding: { () throws(SocketError) in try AsyncDatagramSocket.bind(to: address, options: options, on: loops.next()) })
+                    announce(replacedStale: socket.replacedStaleSocket, address: self.address)
+                    ShutdownSignals.install { _ in
+                        try? socket.close()
+                        Foundation.exit(0)
+                    }
+                    try await serveAsync(socket, transcript: transcript)
+                }
                 // The loop ends when the handler closes the socket; returning now would
                 // call exit() alongside the handler's (AddressSanitizer saw a double free).
                 yieldToShutdown()
@@ -225,6 +228,24 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
         ShutdownSignals.install { _ in connection.close() }
         transcript.opened(1)
         echo(connection, peer: .unnamed, id: 1, chunk: chunk, showPeer: showPeer, transcript: transcript)
+    }
+
+    /// Runs `body` with the loops the server's sockets go on. With one loop
+    /// (the default) the loop is this thread, signals are read on it too,
+    /// and the process has no other thread (a C epoll server's shape: each
+    /// system call is cheaper in a single-threaded process); with --loops N,
+    /// a group of N loop threads, and this thread waits.
+    private func withLoops(_ body: @escaping @Sendable (any EventLoopSource) async throws -> Void) throws {
+        guard loops > 1 else {
+            try EventLoop.runOnCurrentThread { loop in
+                // If the loop cannot watch them, a thread of their own reads the signals.
+                try? ShutdownSignals.watch(on: loop)
+                try await body(loop)
+            }
+            return
+        }
+        let group = try EventLoopGroup(loopCount: loops)
+        try runOnLoop(group.next()) { try await body(group) }
     }
 
     /// Runs `body` as a task on `loop` and waits for it on this thread.

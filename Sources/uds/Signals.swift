@@ -8,6 +8,8 @@ import Darwin
 import CUDSKit
 import Foundation
 import Synchronization
+import SystemPackage
+import UDSKit
 
 /// Runs `action` once when SIGINT or SIGTERM arrives, instead of dying at once,
 /// so a server removes its socket file and a client its own.
@@ -22,6 +24,11 @@ enum ShutdownSignals {
         var second: (@Sendable (_ name: String) -> Void)?
         /// A signal that arrived before there was an action to run.
         var unhandled: String?
+        /// The read end of the socket pair the handler writes to, until a
+        /// reader takes it.
+        var readEnd: CInt?
+        /// The loop reading the signals, when that is the reader.
+        var loopReader: AsyncStreamSocket?
     }
     private static let state = Mutex(State())
     /// Set once a signal arrived: loops that wake up because their socket was
@@ -34,39 +41,82 @@ enum ShutdownSignals {
     /// leaves a stale socket file) nor dropped (SIG_IGN); ``install(_:)`` runs
     /// its action for it. Later calls do nothing.
     ///
-    /// The handler writes the signal's number to a pipe and a thread of our
-    /// own reads it: no thread pool is involved, so a server out of
-    /// descriptors still shuts down cleanly.
+    /// The handler sends the signal's number over a socket pair, and a
+    /// reader of our own takes it from there: a thread, started by the first
+    /// ``install(_:onSecond:)``, or the program's event loop
+    /// (``watch(on:)``). No thread pool is involved, so a server out of
+    /// descriptors still shuts down cleanly; until a reader starts, the
+    /// signals wait in the socket.
     static func prepare() {
         let first = state.withLock { state in
             defer { state.prepared = true }
             return !state.prepared
         }
         guard first else { return }
-        let numbers: [CInt] = [SIGINT, SIGTERM]
-        let pipe = numbers.withUnsafeBufferPointer { cudskit_forward_signals($0.baseAddress, CInt($0.count)) }
+        let pipe = signalNumbers.withUnsafeBufferPointer { cudskit_forward_signals($0.baseAddress, CInt($0.count)) }
         guard pipe >= 0 else {
             report(SignalSetupFailed(errno: errno))
             return
         }
+        state.withLock { $0.readEnd = pipe }
+    }
+
+    private static let signalNumbers: [CInt] = [SIGINT, SIGTERM]
+
+    /// A process inherits the signal mask of the thread that started it; a
+    /// test runner's pool thread blocks SIGINT and SIGTERM, and so would
+    /// every thread here, leaving the signals pending forever. The reading
+    /// thread takes them, whatever the mask it started with.
+    private static func unblockSignals() {
+        var wanted = sigset_t()
+        sigemptyset(&wanted)
+        for number in signalNumbers { sigaddset(&wanted, number) }
+        pthread_sigmask(SIG_UNBLOCK, &wanted, nil)
+    }
+
+    /// Starts the reading thread, unless a reader took the socket already.
+    private static func startThreadReader() {
+        guard let pipe = state.withLock({ $0.readEnd.take() }) else { return }
         Thread.detachNewThread {
-            // A process inherits the signal mask of the thread that started
-            // it; a test runner's pool thread blocks SIGINT and SIGTERM, and so
-            // would every thread here, leaving the signals pending forever.
-            // This thread takes them, whatever the mask it started with.
-            var wanted = sigset_t()
-            sigemptyset(&wanted)
-            for number in numbers { sigaddset(&wanted, number) }
-            pthread_sigmask(SIG_UNBLOCK, &wanted, nil)
+            unblockSignals()
             var byte: UInt8 = 0
             while true {
                 let count = read(pipe, &byte, 1)
                 if count == 1 {
-                    deliver(CInt(byte) == SIGINT ? "SIGINT" : "SIGTERM")
+                    deliver(byte)
                 } else if count < 0 && errno == EINTR {
                     continue
                 } else {
                     return
+                }
+            }
+        }
+    }
+
+    /// Reads the signals on `loop`, which must be the calling thread's, with
+    /// no thread of their own: for a program whose only thread is its loop
+    /// (``EventLoop/runOnCurrentThread(_:)``). The actions then run on the
+    /// loop. Call it before ``install(_:onSecond:)``; if it fails, the first
+    /// install starts the reading thread after all.
+    static func watch(on loop: EventLoop) throws(SocketError) {
+        prepare()
+        guard let pipe = state.withLock({ $0.readEnd.take() }) else { return }
+        let reader: AsyncStreamSocket
+        do {
+            reader = try AsyncStreamSocket(adopting: FileDescriptor(rawValue: pipe), on: loop)
+        } catch {
+            state.withLock { $0.readEnd = pipe }
+            throw error
+        }
+        unblockSignals()
+        state.withLock { $0.loopReader = reader }
+        reader.keepsIncomingDescriptors = false
+        reader.setReadinessHandler { _ in
+            var bytes: (UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0)
+            withUnsafeMutableBytes(of: &bytes) { buffer in
+                // Until the socket is empty; its end (or error) only comes when the process goes.
+                while let count = try? reader.tryRead(into: buffer), count > 0 {
+                    for byte in buffer[..<count] { deliver(byte) }
                 }
             }
         }
@@ -88,12 +138,17 @@ enum ShutdownSignals {
         onSecond second: (@Sendable (_ name: String) -> Void)? = nil
     ) {
         prepare()
+        startThreadReader()
         let pending = state.withLock { state in
             state.action = action
             state.second = second
             return state.unhandled.take()
         }
         if let pending { action(pending) }
+    }
+
+    private static func deliver(_ number: UInt8) {
+        deliver(CInt(number) == SIGINT ? "SIGINT" : "SIGTERM")
     }
 
     private static func deliver(_ name: String) {

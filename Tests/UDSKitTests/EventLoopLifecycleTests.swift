@@ -4,6 +4,11 @@ import Synchronization
 import Testing
 @testable import UDSKit
 
+/// The calling thread, as a number.
+private enum LoopThreadID {
+    static var current: UInt { UInt(pthread_self()) }
+}
+
 /// The threads of this process, from /proc/self/task.
 private func threadCount() -> Int {
     (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? -1
@@ -257,5 +262,93 @@ struct ConnectInterruptedTests {
             ])
             withExtendedLifetime((queued, first)) {}
         }
+    }
+
+    // MARK: A loop on the caller's thread
+
+    @Test func aLoopOnTheCurrentThreadRunsItsTasksAndSocketsThere() throws {
+        struct Seen: Sendable {
+            var caller: UInt = 0
+            var body: UInt = 0
+            var children: [UInt] = []
+            var inEventLoop = false
+            var echoed: [UInt8] = []
+        }
+        let run = BackgroundThread { () throws -> (Seen, EventLoop) in
+            let caller = LoopThreadID.current
+            return try EventLoop.runOnCurrentThread { loop in
+                var seen = Seen(caller: caller, body: LoopThreadID.current, inEventLoop: loop.inEventLoop)
+                let (first, second) = try AsyncStreamSocket.makePair(on: loop)
+                // Two child tasks on the loop, one waiting for the other's bytes.
+                seen.children = try await withThrowingTaskGroup(of: UInt.self) { group in
+                    group.addTask(executorPreference: loop) {
+                        #expect(try await second.read(upTo: 5) == Array("hello".utf8))
+                        try await second.writeAll(Array("back".utf8))
+                        return LoopThreadID.current
+                    }
+                    group.addTask(executorPreference: loop) {
+                        try await first.writeAll(Array("hello".utf8))
+                        return LoopThreadID.current
+                    }
+                    return try await group.reduce(into: []) { $0.append($1) }
+                }
+                seen.echoed = try await first.read(upTo: 4)
+                try first.close()
+                try second.close()
+                return (seen, loop)
+            }
+        }
+        let (seen, loop) = try run.join(timeout: endsRatherThanHangs)
+        #expect(seen.body == seen.caller)
+        #expect(seen.children == [seen.caller, seen.caller])
+        #expect(seen.inEventLoop)
+        #expect(seen.echoed == Array("back".utf8))
+        #expect(loop.isShutDown, "the loop stops when its body returns")
+    }
+
+    @Test func aLoopOnTheCurrentThreadRethrowsWhatItsBodyThrew() throws {
+        struct Refused: Error, Equatable {}
+        let run = BackgroundThread { () throws -> EventLoop? in
+            let used = Mutex<EventLoop?>(nil)
+            do {
+                _ = try EventLoop.runOnCurrentThread { (loop) throws -> Int in
+                    used.withLock { $0 = loop }
+                    throw Refused()
+                }
+            } catch is Refused {
+                return used.withLock { $0 }
+            }
+            return nil
+        }
+        let loop = try #require(try run.join(timeout: endsRatherThanHangs), "the body's error came back as itself")
+        #expect(loop.isShutDown)
+    }
+
+    /// Another thread's `shutdown()` ends the loop early: the body's wait
+    /// fails with `.closed`, it returns, and so does the caller.
+    @Test func shuttingDownALoopOnTheCurrentThreadFromAnotherEndsItsWaits() throws {
+        final class Started: Sendable { let loop = Mutex<EventLoop?>(nil) }
+        let started = Started()
+        let run = BackgroundThread { () throws -> SocketError.Code? in
+            try EventLoop.runOnCurrentThread { loop in
+                let (first, second) = try AsyncStreamSocket.makePair(on: loop)
+                started.loop.withLock { $0 = loop }
+                defer { withExtendedLifetime(second) {} }
+                do {
+                    _ = try await first.read(upTo: 1)
+                    return nil
+                } catch let error as SocketError {
+                    return error.code
+                }
+            }
+        }
+        var loop: EventLoop?
+        while loop == nil {
+            loop = started.loop.withLock { $0 }
+            pause(.milliseconds(1))
+        }
+        try loop!.shutdown()
+        #expect(loop!.isShutDown)
+        #expect(try run.join(timeout: endsRatherThanHangs) == .closed)
     }
 }

@@ -73,6 +73,26 @@ struct LifecycleCLITests {
         #expect(try await client.waitForExit() == .exited(0), "\(client.transcript)")
     }
 
+    /// One loop, the default, is the process's only thread: the loop runs on
+    /// the main thread and reads the signals too (a second thread makes every
+    /// system call dearer). It still serves, and a signal still stops it cleanly.
+    @Test("on one loop the server is a single thread, and SIGTERM still stops it",
+          arguments: [(SocketType.stream, IOModel.async), (.stream, .handlers), (.seqpacket, .async), (.dgram, .async)])
+    func oneLoopIsOneThread(type: SocketType, io: IOModel) async throws {
+        let box = try Sandbox()
+        defer { box.cleanup() }
+        let server = try await box.startEchoServer("./echo.sock", type: type, io.options)
+        let client = try await box.run(try box.uds(["echo-client", "./echo.sock", "--type", type.rawValue, "--timeout", "5"]))
+        #expect(client.termination == .exited(0), "\(client.transcript)")
+        let threads = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(server.pid)/task")
+        #expect(threads.count == 1, "threads \(threads); \(server.transcript)")
+
+        server.signal(SIGTERM)
+        #expect(try await server.waitForExit() == .exited(0), "\(server.transcript)")
+        #expect(fileType(box.resolve("echo.sock")) == nil, "the socket file is still there")
+        #expect(server.stderr.text == "", "\(server.transcript)")
+    }
+
     @Test("SIGINT to a server started with the classic defaults removes ./uds_socket")
     func classicDefaultsInterrupt() async throws {
         let box = try Sandbox()

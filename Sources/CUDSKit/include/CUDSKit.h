@@ -51,9 +51,9 @@ int cudskit_pidfd_is_alive(int pidfd);
 extern void *swift_task_getCurrent(void) __attribute__((swiftcall));
 static inline const void *cudskit_current_task(void) { return swift_task_getCurrent(); }
 
-// Installs a handler for each of `signals` that writes the signal's number,
-// as one byte, to a pipe; returns the pipe's read end (blocking,
-// close-on-exec), or -1 with errno set. For programs (the CLI), never the
+// Installs a handler for each of `signals` that sends the signal's number,
+// as one byte, over a stream socket pair; returns the pair's read end
+// (blocking, close-on-exec), or -1 with errno set. For programs (the CLI), never the
 // library: it does not change signal dispositions.
 int cudskit_forward_signals(const int *signals, int count);
 

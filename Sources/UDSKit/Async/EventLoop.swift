@@ -80,7 +80,13 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
 
     /// Starts a new loop on a thread of its own.
     /// - Throws: ``SocketError`` if the selector or the thread cannot be made.
-    public init() throws(SocketError) {
+    public convenience init() throws(SocketError) {
+        try self.init(ownThread: true)
+    }
+
+    /// A loop on a thread of its own, or (`ownThread` false) one that the
+    /// creating thread will run: ``runOnCurrentThread(_:)``.
+    private init(ownThread: Bool) throws(SocketError) {
         do {
             selector = try PlatformSelector()
         } catch {
@@ -89,6 +95,11 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         onLoop = .allocate(capacity: 1)
         onLoop.initialize(to: LoopThreadState())
         onLoop.pointee.jobs.reserveCapacity(64)
+        guard ownThread else {
+            // Jobs enqueued from here on (the first task's) are the loop's own.
+            threadID.store(LoopThread.currentID, ordering: .relaxed)
+            return
+        }
         do {
             let started = try LoopThread.start { [self] in run() }
             thread.withLock { $0 = started }
@@ -96,6 +107,40 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
             selector.close()
             throw error
         }
+    }
+
+    /// Runs `body` as a task on a new loop whose thread is the caller's,
+    /// until `body` returns; then shuts the loop down (see ``shutdown()``)
+    /// and returns what `body` returned, or throws what it threw.
+    ///
+    /// A program can then be a single thread, as a C epoll server is (tokio's
+    /// current-thread runtime and SwiftNIO's `withCurrentThreadAsEventLoop`
+    /// offer the same): sockets made on `loop` and tasks that prefer it run
+    /// here. A process with one thread also pays less per system call: the
+    /// kernel skips a reference count on the descriptor's file, and the C
+    /// library its cancellation and locking steps. Call it from a thread that
+    /// is no event loop's, such as the main thread; it blocks that thread.
+    /// Tasks that still prefer the loop after `body` returned go on on the
+    /// global executor, their sockets closed.
+    /// - Throws: ``SocketError`` if the selector cannot be made; else what `body` throws.
+    public static func runOnCurrentThread<Value: Sendable>(
+        _ body: sending @escaping (EventLoop) async throws -> Value
+    ) throws -> Value {
+        let loop = try EventLoop(ownThread: false)
+        let outcome = Mutex<Result<Value, any Error>?>(nil)
+        Task(executorPreference: loop) {
+            let result: Result<Value, any Error>
+            do {
+                result = .success(try await body(loop))
+            } catch {
+                result = .failure(error)
+            }
+            outcome.withLock { $0 = result }
+            loop.requestStop()
+        }
+        loop.run()
+        // The task stored its outcome before it asked the loop to stop.
+        return try outcome.withLock { $0.take()! }.get()
     }
 
     deinit {
@@ -149,18 +194,23 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         if self === Self.shared {
             throw SocketError("shutdown", address: "EventLoop.shared", code: .unsupported("shutting down the shared loop is"))
         }
-        remoteJobs.withLock { state in
-            guard !state.stopped, !state.stopRequested else { return }
-            state.stopRequested = true
-            hasRemoteJobs.store(true, ordering: .releasing)
-            selector.wakeup()
-        }
+        requestStop()
         if inEventLoop { return }  // The thread detaches itself as it ends.
         if let thread = thread.withLock({ $0.take() }) {
             thread.join()
         } else {
             // Another caller joins it, or it already ended.
             while !remoteJobs.withLock({ $0.stopped }) { LoopThread.pause() }
+        }
+    }
+
+    /// Asks the loop to finish what is queued and stop; returns at once.
+    private func requestStop() {
+        remoteJobs.withLock { state in
+            guard !state.stopped, !state.stopRequested else { return }
+            state.stopRequested = true
+            hasRemoteJobs.store(true, ordering: .releasing)
+            selector.wakeup()
         }
     }
 
