@@ -164,9 +164,11 @@ final class Registration: Sendable {
     func handle(_ event: ReadinessEvent) {
         if event.readClosed { readEnded.store(true, ordering: .releasing) }
         // Sequentially consistent with the waiter's listing: either it sees
-        // the tick move and does not wait, or this sees it listed.
-        if event.readable { readTick.add(1, ordering: .sequentiallyConsistent) }
-        if event.writable { writeTick.add(1, ordering: .sequentiallyConsistent) }
+        // the tick move and does not wait, or this sees it listed. Wrapping
+        // (ticks are only compared for equality): `add` traps on overflow and
+        // so compiles to a compare-exchange loop, this to one locked add.
+        if event.readable { readTick.wrappingAdd(1, ordering: .sequentiallyConsistent) }
+        if event.writable { writeTick.wrappingAdd(1, ordering: .sequentiallyConsistent) }
         if let readinessHandler {
             readinessHandler(Readiness(readable: event.readable, writable: event.writable, readClosed: event.readClosed))
         }
@@ -323,13 +325,13 @@ final class Registration: Sendable {
         let listing: Listing = waiters.withLock { waiters in
             if waiters.closed { return .resume(handle.error(operation, code: .closed)) }
             // Listed first, then the tick checked: see `handle(_:)`.
-            waiterCount.add(1, ordering: .sequentiallyConsistent)
+            waiterCount.wrappingAdd(1, ordering: .sequentiallyConsistent)
             let current =
                 direction == .read
                 ? readTick.load(ordering: .sequentiallyConsistent)
                 : writeTick.load(ordering: .sequentiallyConsistent)
             if current != observed || hasEnded(direction) {
-                waiterCount.subtract(1, ordering: .sequentiallyConsistent)
+                waiterCount.wrappingSubtract(1, ordering: .sequentiallyConsistent)
                 return .resume(nil)
             }
             waiters.nextID += 1
@@ -374,7 +376,7 @@ final class Registration: Sendable {
     func abandon(_ direction: Direction, id: UInt64, with error: any Error) {
         let waiter = waiters.withLock { waiters in
             let removed = waiters.list(direction) { $0.remove(id: id) }
-            if removed != nil { waiterCount.subtract(1, ordering: .sequentiallyConsistent) }
+            if removed != nil { waiterCount.wrappingSubtract(1, ordering: .sequentiallyConsistent) }
             return removed
         }
         waiter?.resume(throwing: error)

@@ -30,7 +30,9 @@ struct UseGate: ~Copyable, Sendable {
     /// now close the descriptor.
     @inline(__always)
     func leave() -> Bool {
-        state.subtract(2, ordering: .acquiringAndReleasing).newValue == 1
+        // Wrapping: one locked subtract, where the trapping one is a
+        // compare-exchange loop (the count never goes below zero).
+        state.wrappingSubtract(2, ordering: .acquiringAndReleasing).newValue == 1
     }
 
     enum Closing {
