@@ -79,7 +79,7 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
         case global
     }
 
-    @Option(help: "Event loops for --io async (threads; connections are spread over them). Default: 1.")
+    @Option(help: "Event loops for --io async or handlers (threads; connections are spread over them). Default: 1, the main thread: the server is then a single thread.")
     var loops: Int = 1
 
     @Option(help: FrameOptions.echoFrameHelp)
