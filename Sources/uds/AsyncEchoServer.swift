@@ -155,16 +155,20 @@ private struct AsyncEcho: Sendable {
         announce(connection, peer: endpoint.unixAddress ?? .unnamed, id: id, showPeer: showPeer, transcript: transcript)
         let loop = connection.eventLoop
         var failure: (any Error)?
+        // Out of the loop: a new empty array per echo is one more release per round trip.
+        var unsent: [UInt8] = []
         do {
             while true {
                 try await connection.readable()
-                var unsent: [UInt8] = []
                 guard let count = try echoReady(connection, loop: loop, id: id, chunk: chunk, unsent: &unsent, transcript: transcript)
                 else { continue }
                 if count == 0 { break }
                 // The peer is not reading as fast as it writes: wait for it,
                 // holding only what it has not taken yet.
-                if !unsent.isEmpty { try await connection.writeAll(unsent) }
+                if !unsent.isEmpty {
+                    try await connection.writeAll(unsent)
+                    unsent = []
+                }
             }
         } catch {
             failure = error
