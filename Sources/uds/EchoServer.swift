@@ -79,7 +79,7 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
         case global
     }
 
-    @Option(help: "Event loops for --io async or handlers (threads; connections are spread over them). Default: 1, the main thread: the server is then a single thread.")
+    @Option(help: "Event loops for --io async or handlers (threads; connections are spread over them). One loop is the main thread: a single-threaded server.")
     var loops: Int = 1
 
     @Option(help: FrameOptions.echoFrameHelp)
@@ -155,7 +155,11 @@ struct EchoServer: ParsableCommand, HandlesShutdownSignals {
                     announce(replacedStale: listener.replacedStaleSocket, address: self.address)
                     // Returns once the server has shut down and its clients are gone.
                     if io == .handlers {
-                        try await serveWithHandlers(listener, transcript: transcript, logger: logger)
+                        // Handlers are set on their socket's loop thread: the
+                        // listener's, which with --loops is not the one this runs on.
+                        try await withTaskExecutorPreference(listener.eventLoop) {
+                            try await serveWithHandlers(listener, transcript: transcript, logger: logger)
+                        }
                     } else {
                         try await serveAsync(listener, transcript: transcript, logger: logger)
                     }

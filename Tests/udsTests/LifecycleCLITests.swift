@@ -93,6 +93,26 @@ struct LifecycleCLITests {
         #expect(server.stderr.text == "", "\(server.transcript)")
     }
 
+    /// With --loops 2 the loops are threads of their own, and signals have
+    /// their own reading thread: the server serves, and SIGTERM stops it.
+    @Test("--loops 2 serves on loop threads, and SIGTERM still stops it", arguments: IOModel.allCases.filter { $0 != .threads })
+    func twoLoops(io: IOModel) async throws {
+        let box = try Sandbox()
+        defer { box.cleanup() }
+        let server = try await box.startEchoServer("./echo.sock", io.options + ["--loops", "2"])
+        for _ in 0..<2 {
+            let client = try await box.run(try box.uds(["echo-client", "./echo.sock", "--timeout", "5"]))
+            #expect(client.termination == .exited(0), "\(client.transcript)")
+        }
+        let threads = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(server.pid)/task")
+        #expect(threads.count >= 4, "main, two loops and the signal reader: \(threads)")
+
+        server.signal(SIGTERM)
+        #expect(try await server.waitForExit() == .exited(0), "\(server.transcript)")
+        #expect(fileType(box.resolve("echo.sock")) == nil, "the socket file is still there")
+        #expect(server.stderr.text == "", "\(server.transcript)")
+    }
+
     @Test("SIGINT to a server started with the classic defaults removes ./uds_socket")
     func classicDefaultsInterrupt() async throws {
         let box = try Sandbox()
