@@ -93,6 +93,29 @@ struct LifecycleCLITests {
         #expect(server.stderr.text == "", "\(server.transcript)")
     }
 
+    /// The loop that serves is also the one that reads signals: clients that
+    /// keep it busy must not keep SIGTERM from shutting the server down.
+    @Test("a server kept busy by eight clients still shuts down at SIGTERM, on one thread",
+          arguments: [IOModel.async, .handlers])
+    func busyServerStops(io: IOModel) async throws {
+        let box = try Sandbox()
+        defer { box.cleanup() }
+        let server = try await box.startEchoServer("./echo.sock", io.options + ["--grace", "0.5"], quiet: true)
+        let clients = try box.python("busy_clients.py", ["./echo.sock", "8"])
+        try await clients.waitForStdout("ready") { splitLines($0).contains("ready") }
+        try await Task.sleep(for: .milliseconds(300))
+        let threads = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(server.pid)/task")
+        #expect(threads.count == 1, "threads \(threads)")
+
+        server.signal(SIGTERM)
+        #expect(try await server.waitForExit() == .exited(0), "\(server.transcript)")
+        #expect(fileType(box.resolve("echo.sock")) == nil, "the socket file is still there")
+        #expect(server.stderr.text == "", "\(server.transcript)")
+        // Every echo matched until the server closed each connection.
+        #expect(try await clients.waitForExit() == .exited(0), "\(clients.transcript)")
+        #expect(clients.stdout.lines.last?.hasPrefix("closed ") == true, "\(clients.transcript)")
+    }
+
     /// With --loops 2 the loops are threads of their own, and signals have
     /// their own reading thread: the server serves, and SIGTERM stops it.
     @Test("--loops 2 serves on loop threads, and SIGTERM still stops it", arguments: IOModel.allCases.filter { $0 != .threads })
