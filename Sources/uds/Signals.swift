@@ -101,13 +101,18 @@ enum ShutdownSignals {
     static func watch(on loop: EventLoop) throws(SocketError) {
         prepare()
         guard let pipe = state.withLock({ $0.readEnd.take() }) else { return }
+        // The socket adopts a copy: a socket that fails to adopt its
+        // descriptor closes it, and the thread reader still needs one then.
+        let copy = dup(pipe)
         let reader: AsyncStreamSocket
-        do {
-            reader = try AsyncStreamSocket(adopting: FileDescriptor(rawValue: pipe), on: loop)
+        do throws(SocketError) {
+            guard copy >= 0 else { throw SocketError("dup", code: .system(Errno(rawValue: errno))) }
+            reader = try AsyncStreamSocket(adopting: FileDescriptor(rawValue: copy), on: loop)
         } catch {
             state.withLock { $0.readEnd = pipe }
             throw error
         }
+        close(pipe)
         unblockSignals()
         state.withLock { $0.loopReader = reader }
         reader.keepsIncomingDescriptors = false

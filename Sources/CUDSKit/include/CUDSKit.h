@@ -53,8 +53,8 @@ static inline const void *cudskit_current_task(void) { return swift_task_getCurr
 
 // Installs a handler for each of `signals` that sends the signal's number,
 // as one byte, over a stream socket pair; returns the pair's read end
-// (blocking, close-on-exec), or -1 with errno set. For programs (the CLI), never the
-// library: it does not change signal dispositions.
+// (blocking, close-on-exec), or -1 with errno set. For programs (the CLI),
+// never the library: it does not change signal dispositions.
 int cudskit_forward_signals(const int *signals, int count);
 
 #ifdef __linux__
