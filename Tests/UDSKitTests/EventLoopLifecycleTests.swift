@@ -324,6 +324,36 @@ struct ConnectInterruptedTests {
         #expect(loop.isShutDown)
     }
 
+    /// A loop run from inside another loop's job would stall that loop: it is refused.
+    @Test func aLoopOnTheCurrentThreadIsRefusedOnALoopsThread() async throws {
+        let loop = try EventLoop()
+        defer { try? loop.shutdown() }
+        let onAThreadOfItsOwn = await Task(executorPreference: loop) { () -> SocketError.Code? in
+            #expect(loop.inEventLoop)
+            do {
+                _ = try EventLoop.runOnCurrentThread { _ in 1 }
+                return nil
+            } catch let error as SocketError {
+                return error.code
+            } catch {
+                return nil
+            }
+        }.value
+        #expect(onAThreadOfItsOwn == .unsupported("running a loop on a thread that runs one already is"))
+
+        let nested = BackgroundThread { () throws -> SocketError.Code? in
+            try EventLoop.runOnCurrentThread { _ in
+                do {
+                    _ = try EventLoop.runOnCurrentThread { _ in 1 }
+                    return nil
+                } catch let error as SocketError {
+                    return error.code
+                }
+            }
+        }
+        #expect(try nested.join(timeout: endsRatherThanHangs) == .unsupported("running a loop on a thread that runs one already is"))
+    }
+
     /// Another thread's `shutdown()` ends the loop early: the body's wait
     /// fails with `.closed`, it returns, and so does the caller.
     @Test func shuttingDownALoopOnTheCurrentThreadFromAnotherEndsItsWaits() throws {

@@ -119,13 +119,19 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
     /// here. A process with one thread also pays less per system call: the
     /// kernel skips a reference count on the descriptor's file, and the C
     /// library its cancellation and locking steps. Call it from a thread that
-    /// is no event loop's, such as the main thread; it blocks that thread.
+    /// is no event loop's, such as the main thread (on a loop's thread it
+    /// throws: that loop would stall); it blocks that thread.
     /// Tasks that still prefer the loop after `body` returned go on on the
     /// global executor, their sockets closed.
-    /// - Throws: ``SocketError`` if the selector cannot be made; else what `body` throws.
+    /// - Throws: ``SocketError`` `.unsupported` on a thread that runs a loop
+    ///   already, another if the selector cannot be made; else what `body` throws.
     public static func runOnCurrentThread<Value: Sendable>(
         _ body: sending @escaping (EventLoop) async throws -> Value
     ) throws -> Value {
+        // A loop run inside another's job would stall that loop until it returned.
+        guard !LoopThread.runsALoop else {
+            throw SocketError("runOnCurrentThread", code: .unsupported("running a loop on a thread that runs one already is"))
+        }
         let loop = try EventLoop(ownThread: false)
         let outcome = Mutex<Result<Value, any Error>?>(nil)
         Task(executorPreference: loop) {
@@ -221,6 +227,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
 
     private func run() {
         threadID.store(LoopThread.currentID, ordering: .relaxed)
+        LoopThread.runsALoop = true
         var batch: [UnownedJob] = []
         batch.reserveCapacity(64)
         var stopping = false
@@ -269,6 +276,7 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
         releaseRetired()
         withExtendedLifetime(stranded) {}
         threadID.store(0, ordering: .relaxed)
+        LoopThread.runsALoop = false
         if let thread = thread.withLock({ $0.take() }) { thread.detach() }
     }
 
@@ -579,6 +587,19 @@ private struct LoopThread: @unchecked Sendable {
 
     /// A short pause while waiting for another thread.
     static func pause() { _ = sched_yield() }
+
+    /// Whether the calling thread is running a loop: set by the loop for its
+    /// time on the thread, in a thread-specific slot.
+    static var runsALoop: Bool {
+        get { pthread_getspecific(runningKey) != nil }
+        set { pthread_setspecific(runningKey, newValue ? UnsafeRawPointer(bitPattern: 1) : nil) }
+    }
+
+    private static let runningKey: pthread_key_t = {
+        var key = pthread_key_t()
+        precondition(pthread_key_create(&key, nil) == 0, "UDSKit: no thread-specific key left for the event loop")
+        return key
+    }()
 }
 
 /// An action at a deadline, on the loop thread. Cancelled timers stay in the
