@@ -27,7 +27,8 @@ enum ShutdownSignals {
         /// The read end of the socket pair the handler writes to, until a
         /// reader takes it.
         var readEnd: CInt?
-        /// The loop reading the signals, when that is the reader.
+        /// The signal socket on the loop, when the loop is the reader: held
+        /// here for the process's life.
         var loopReader: AsyncStreamSocket?
     }
     private static let state = Mutex(State())

@@ -324,6 +324,29 @@ struct ConnectInterruptedTests {
         #expect(loop.isShutDown)
     }
 
+    /// Another thread's `shutdown()` while the body waits on something off
+    /// the loop (a sleep on the global executor): the loop stops, the body
+    /// goes on elsewhere, and the caller still gets its value.
+    @Test func aLoopOnTheCurrentThreadStoppedWhileItsBodyWaitsElsewhereStillReturnsItsValue() throws {
+        final class Started: Sendable { let loop = Mutex<EventLoop?>(nil) }
+        let started = Started()
+        let run = BackgroundThread { () throws -> Int in
+            try EventLoop.runOnCurrentThread { loop in
+                started.loop.withLock { $0 = loop }
+                try await Task.sleep(for: .milliseconds(300))
+                return 7
+            }
+        }
+        var loop: EventLoop?
+        while loop == nil {
+            loop = started.loop.withLock { $0 }
+            pause(.milliseconds(1))
+        }
+        try loop!.shutdown()
+        #expect(loop!.isShutDown)
+        #expect(try run.join(timeout: endsRatherThanHangs) == 7)
+    }
+
     /// A loop run from inside another loop's job would stall that loop: it is refused.
     @Test func aLoopOnTheCurrentThreadIsRefusedOnALoopsThread() async throws {
         let loop = try EventLoop()

@@ -122,7 +122,8 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
     /// is no event loop's, such as the main thread (on a loop's thread it
     /// throws: that loop would stall); it blocks that thread.
     /// Tasks that still prefer the loop after `body` returned go on on the
-    /// global executor, their sockets closed.
+    /// global executor, their sockets closed; so does `body` if another
+    /// thread shuts the loop down first, and this returns when it does.
     /// - Throws: ``SocketError`` `.unsupported` on a thread that runs a loop
     ///   already, another if the selector cannot be made; else what `body` throws.
     public static func runOnCurrentThread<Value: Sendable>(
@@ -145,8 +146,16 @@ public final class EventLoop: TaskExecutor, @unchecked Sendable {
             loop.requestStop()
         }
         loop.run()
-        // The task stored its outcome before it asked the loop to stop.
-        return try outcome.withLock { $0.take()! }.get()
+        // The task stored its outcome before it asked the loop to stop,
+        // unless another thread's shutdown() stopped it while the body was
+        // waiting on something else: the body then goes on elsewhere (see
+        // above), and this waits for it, polling, on that rare path.
+        var pause: UInt32 = 1_000
+        while true {
+            if let result = outcome.withLock({ $0.take() }) { return try result.get() }
+            LoopThread.sleep(microseconds: pause)
+            pause = min(pause * 2, 10_000)
+        }
     }
 
     deinit {
@@ -587,6 +596,9 @@ private struct LoopThread: @unchecked Sendable {
 
     /// A short pause while waiting for another thread.
     static func pause() { _ = sched_yield() }
+
+    /// A longer one, for a wait that may last.
+    static func sleep(microseconds: UInt32) { _ = usleep(microseconds) }
 
     /// Whether the calling thread is running a loop: set by the loop for its
     /// time on the thread, in a thread-specific slot.
