@@ -9,6 +9,26 @@ private enum LoopThreadID {
     static var current: UInt { UInt(pthread_self()) }
 }
 
+private final class StartedLoop: Sendable { let loop = Mutex<EventLoop?>(nil) }
+
+/// Runs `body` in `EventLoop.runOnCurrentThread` on a thread of its own;
+/// returns once `body` has called its `ready`, with the loop and the thread
+/// to join.
+private func startLoopOnItsOwnThread<T: Sendable>(
+    _ body: @escaping @Sendable (_ loop: EventLoop, _ ready: @Sendable () -> Void) async throws -> T
+) -> (EventLoop, BackgroundThread<T>) {
+    let started = StartedLoop()
+    let run = BackgroundThread { () throws -> T in
+        try EventLoop.runOnCurrentThread { loop in
+            try await body(loop) { started.loop.withLock { $0 = loop } }
+        }
+    }
+    while true {
+        if let loop = started.loop.withLock({ $0 }) { return (loop, run) }
+        pause(.milliseconds(1))
+    }
+}
+
 /// The threads of this process, from /proc/self/task.
 private func threadCount() -> Int {
     (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? -1
@@ -328,22 +348,13 @@ struct ConnectInterruptedTests {
     /// the loop (a sleep on the global executor): the loop stops, the body
     /// goes on elsewhere, and the caller still gets its value.
     @Test func aLoopOnTheCurrentThreadStoppedWhileItsBodyWaitsElsewhereStillReturnsItsValue() throws {
-        final class Started: Sendable { let loop = Mutex<EventLoop?>(nil) }
-        let started = Started()
-        let run = BackgroundThread { () throws -> Int in
-            try EventLoop.runOnCurrentThread { loop in
-                started.loop.withLock { $0 = loop }
-                try await Task.sleep(for: .milliseconds(300))
-                return 7
-            }
+        let (loop, run) = startLoopOnItsOwnThread { _, ready in
+            ready()
+            try await Task.sleep(for: .milliseconds(300))
+            return 7
         }
-        var loop: EventLoop?
-        while loop == nil {
-            loop = started.loop.withLock { $0 }
-            pause(.milliseconds(1))
-        }
-        try loop!.shutdown()
-        #expect(loop!.isShutDown)
+        try loop.shutdown()
+        #expect(loop.isShutDown)
         #expect(try run.join(timeout: endsRatherThanHangs) == 7)
     }
 
@@ -380,28 +391,19 @@ struct ConnectInterruptedTests {
     /// Another thread's `shutdown()` ends the loop early: the body's wait
     /// fails with `.closed`, it returns, and so does the caller.
     @Test func shuttingDownALoopOnTheCurrentThreadFromAnotherEndsItsWaits() throws {
-        final class Started: Sendable { let loop = Mutex<EventLoop?>(nil) }
-        let started = Started()
-        let run = BackgroundThread { () throws -> SocketError.Code? in
-            try EventLoop.runOnCurrentThread { loop in
-                let (first, second) = try AsyncStreamSocket.makePair(on: loop)
-                started.loop.withLock { $0 = loop }
-                defer { withExtendedLifetime(second) {} }
-                do {
-                    _ = try await first.read(upTo: 1)
-                    return nil
-                } catch let error as SocketError {
-                    return error.code
-                }
+        let (loop, run) = startLoopOnItsOwnThread { (loop, ready) async throws -> SocketError.Code? in
+            let (first, second) = try AsyncStreamSocket.makePair(on: loop)
+            ready()
+            defer { withExtendedLifetime(second) {} }
+            do {
+                _ = try await first.read(upTo: 1)
+                return nil
+            } catch let error as SocketError {
+                return error.code
             }
         }
-        var loop: EventLoop?
-        while loop == nil {
-            loop = started.loop.withLock { $0 }
-            pause(.milliseconds(1))
-        }
-        try loop!.shutdown()
-        #expect(loop!.isShutDown)
+        try loop.shutdown()
+        #expect(loop.isShutDown)
         #expect(try run.join(timeout: endsRatherThanHangs) == .closed)
     }
 }
